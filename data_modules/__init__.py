@@ -1,0 +1,1 @@
+"""Datamodules, their image sources, and transforms derived from the backbone."""

@@ -1,0 +1,39 @@
+"""Decoding user images into the RGB the backbones expect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+#: File suffixes read as images (lower case), as torchvision's ImageFolder.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB.
+
+    Transparent pixels are composited onto white (a plain ``convert("RGB")`` exposes whatever
+    color the transparent pixels happen to store, often black); 16- and 32-bit grayscale is
+    rescaled from its own range to 0..255 instead of being clipped.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0.0
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode an image file fully into RGB (the file handle is closed on return)."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)

@@ -1,0 +1,1 @@
+"""The classifier LightningModule, its backbones, learning-rate schedules and freezing callbacks."""

@@ -1,0 +1,141 @@
+"""Feature extractors from timm, with pretrained weights that never silently go missing.
+
+Weights for ``pretrained=True`` are looked for, in order: ``weights_file``; a package that ships
+them (:mod:`lightning_modules.offline_weights`); the Hugging Face cache; a download when the hub
+is reachable. If none works the run stops with a :class:`~sweeps.errors.PlateauError` saying how
+to provide them: a model is never trained from random weights unless ``pretrained=false``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from lightning_modules.offline_weights import OFFLINE_WEIGHTS
+from sweeps.errors import PlateauError
+
+log = logging.getLogger(__name__)
+
+_HUB_HOST = ("huggingface.co", 443)
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = True,
+    weights_file: str | None = None,
+    drop_path_rate: float = 0.0,
+    **model_kwargs: Any,
+) -> nn.Module:
+    """Build a timm model without its classifier: ``forward`` returns pooled features.
+
+    Args:
+        name: any timm model name (``timm.list_models()``).
+        pretrained: load pretrained weights; an error if none can be found.
+        weights_file: a local ``.pth``/``.safetensors`` state dict for this architecture.
+        drop_path_rate: stochastic depth; ignored with a warning by architectures without it.
+        model_kwargs: passed to the model constructor (e.g. ``dynamic_img_size`` for ViTs).
+
+    Returns:
+        The model, with ``num_features`` (feature width) and ``pretrained_cfg`` (preprocessing
+        of its pretraining) as timm defines them.
+    """
+    if not timm.is_model(name):
+        raise PlateauError(_unknown_model_message(name))
+    kwargs: dict[str, Any] = {"num_classes": 0, **model_kwargs}
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    try:
+        return _create(name, pretrained, weights_file, kwargs)
+    except TypeError as err:
+        if "drop_path_rate" not in kwargs or "drop_path_rate" not in str(err):
+            raise
+    log.warning("backbone %s has no stochastic depth; regularization.drop_path ignored", name)
+    del kwargs["drop_path_rate"]
+    return _create(name, pretrained, weights_file, kwargs)
+
+
+def _create(name: str, pretrained: bool, weights_file: str | None, kwargs: dict) -> nn.Module:
+    if weights_file is not None:
+        path = Path(weights_file).expanduser()
+        if not path.is_file():
+            raise PlateauError(
+                f"backbone.weights_file={weights_file} does not exist: give the path of a saved "
+                f"state dict for {name}, or remove the override"
+            )
+        return _from_file(name, path, kwargs)
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if name in OFFLINE_WEIGHTS:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        _load_without_classifier(model, OFFLINE_WEIGHTS[name]())
+        return model
+    cached = _cached_hub_file(name)
+    if cached is not None:
+        return _from_file(name, cached, kwargs)
+    if not _hub_reachable():
+        raise PlateauError(
+            f"pretrained weights for backbone '{name}' are not available offline: download them "
+            f"once where there is network (python -c \"import timm; timm.create_model('{name}', "
+            "pretrained=True)\"), or give a local file with backbone.weights_file=PATH, or train "
+            "from scratch with backbone.pretrained=false"
+        )
+    return timm.create_model(name, pretrained=True, **kwargs)
+
+
+def _from_file(name: str, path: Path, kwargs: dict) -> nn.Module:
+    try:
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+        )
+    except RuntimeError as err:  # state dict of another architecture
+        first_line = str(err).strip().splitlines()[0]
+        raise PlateauError(
+            f"backbone.weights_file={path} does not fit backbone '{name}' ({first_line}): "
+            "give weights saved from this architecture, or pick the matching backbone.name"
+        ) from err
+
+
+def _load_without_classifier(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a full-model state dict into a headless model; every other key must match."""
+    head = model.pretrained_cfg.get("classifier", "classifier")
+    body = {k: v for k, v in state_dict.items() if not k.startswith(f"{head}.")}
+    model.load_state_dict(body, strict=True)
+
+
+def _cached_hub_file(name: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return None
+    for filename in _WEIGHT_FILES:
+        hit = try_to_load_from_cache(repo, filename)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(_HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _unknown_model_message(name: str) -> str:
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return (
+        f"unknown backbone '{name}'{hint}: backbone.name must be a timm model name, "
+        "see python -c \"import timm; print(timm.list_models('*resnet*'))\""
+    )

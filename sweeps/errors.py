@@ -1,0 +1,36 @@
+"""User-facing errors: one line that names the problem and the fix, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from rich.console import Console
+
+T = TypeVar("T")
+
+#: plateau's one console for what a person reads (stderr keeps stdout clean for results).
+console = Console(stderr=True, highlight=False)
+
+
+class PlateauError(Exception):
+    """A mistake the user can fix: bad config value, unusable data, unavailable weights.
+
+    The message is a single line saying what is wrong and how to fix it.
+    """
+
+
+def exit_on_user_error(func: Callable[..., T]) -> Callable[..., T]:
+    """Turn a :class:`PlateauError` raised by ``func`` into a one-line message and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: object, **kwargs: object) -> T:
+        try:
+            return func(*args, **kwargs)
+        except PlateauError as err:
+            console.print(f"[bold red]plateau: error:[/] {err}", soft_wrap=True)
+            sys.exit(2)
+
+    return wrapper

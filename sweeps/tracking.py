@@ -1,0 +1,97 @@
+"""MLflow bookkeeping of one trial: run name, knob tags, flattened params, config artifact."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+#: Config groups whose choice is tagged on every run, so the MLflow UI can filter and group.
+KNOBS = ("data", "backbone", "freeze", "augment", "class_weight", "regularization",
+         "lr_schedule", "optimizer")
+
+
+def launch_dir() -> Path:
+    """The directory ``sweep.py`` was started from (Hydra jobs may run elsewhere)."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """Anchor a relative ``sqlite:///file.db`` at the launch directory; other URIs unchanged."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_absolute():
+        return prefix + str((launch_dir() / uri[len(prefix):]).resolve())
+    return uri
+
+
+def knob_choices(cfg: DictConfig) -> dict[str, str]:
+    """The chosen option of each knob group: Hydra's choices, or what the config itself says."""
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    found = {}
+    for knob in KNOBS:
+        choice = choices.get(knob)
+        if choice is None and knob == "backbone":
+            choice = cfg.backbone.name
+        elif choice is None:
+            target = OmegaConf.select(cfg, f"{knob}._target_") or OmegaConf.select(
+                cfg, f"{knob}.scheduler._target_")
+            choice = str(target).rsplit(".", 1)[-1] if target else None
+        if choice is not None:
+            found[knob] = str(choice)
+    return found
+
+
+def run_name(choices: dict[str, str]) -> str:
+    """Readable and unique: ``<backbone>-<freeze>-<6 random hex>``.
+
+    The suffix comes from ``uuid4`` (the OS's randomness), so seeding Python's ``random`` for a
+    reproducible trial does not give every run the same name.
+    """
+    parts = [choices.get("backbone", "trial"), choices.get("freeze", "")]
+    return "-".join(p for p in parts if p) + f"-{uuid.uuid4().hex[:6]}"
+
+
+def flatten_config(cfg: DictConfig) -> dict[str, str]:
+    """Every resolved config value under its dotted key, as MLflow param strings."""
+    flat: dict[str, str] = {}
+
+    def visit(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                visit(f"{prefix}.{key}" if prefix else str(key), value)
+        elif isinstance(node, str):
+            flat[prefix] = node
+        else:
+            flat[prefix] = json.dumps(node)
+
+    visit("", OmegaConf.to_container(cfg, resolve=True))
+    return flat
+
+
+def create_logger(cfg: DictConfig) -> MLFlowLogger | None:
+    """The MLflow logger of ``cfg.logger`` (None for ``logger=none``), run not yet created."""
+    logger_cfg = cfg.get("logger")
+    if not logger_cfg or logger_cfg.get("_target_") is None:
+        return None
+    choices = knob_choices(cfg)
+    tags = {f"plateau.{k}": v for k, v in choices.items()}
+    return instantiate(logger_cfg, tracking_uri=absolute_tracking_uri(logger_cfg.tracking_uri),
+                       run_name=run_name(choices), tags=tags)
+
+
+def log_trial_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
+    """Log the flattened config as params and the resolved YAML as ``config/config.yaml``."""
+    logger.log_hyperparams(flatten_config(cfg))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="config")

@@ -1,0 +1,116 @@
+"""Run one transfer-learning trial from a composed config and return its objective."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import timm.data
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from lightning_modules.classifier import ImageClassifier
+from sweeps import tracking
+from sweeps.errors import PlateauError, console
+
+log = logging.getLogger(__name__)
+
+METRICS = ("val/loss", "val/acc", "val/balanced_acc", "val/f1_macro")
+DIRECTIONS = ("maximize", "minimize")
+
+
+def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``instantiate(cfg[key])``, with config mistakes turned into one-line errors."""
+    try:
+        return instantiate(cfg[key], **kwargs)
+    except MissingMandatoryValue as err:
+        raise PlateauError(f"{err.full_key} is not set: add {err.full_key}=VALUE") from err
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, PlateauError):
+            raise cause from None
+        reason = str(cause or err).strip().splitlines()[-1]
+        raise PlateauError(
+            f"cannot build '{key}' from the config ({reason}): check the {key}.* values "
+            "(python sweep.py --cfg job prints them)"
+        ) from err
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> str | int:
+    """``precision: auto`` -> bf16-mixed on a GPU that supports it, 32-true otherwise."""
+    precision = trainer_cfg.get("precision", "auto")
+    if precision != "auto":
+        return precision
+    on_gpu = trainer_cfg.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def check_objective(cfg: DictConfig) -> tuple[str, str]:
+    metric, direction = cfg.objective.metric, cfg.objective.direction
+    if metric not in METRICS:
+        raise PlateauError(f"objective.metric={metric} is not a logged metric: use one of "
+                           f"{', '.join(METRICS)}")
+    if direction not in DIRECTIONS:
+        raise PlateauError(f"objective.direction={direction} must be maximize or minimize")
+    return metric, direction
+
+
+def run_trial(cfg: DictConfig) -> float:
+    """Fine-tune ``cfg.backbone`` on ``cfg.data`` with every knob of ``cfg``; log to MLflow.
+
+    Everything that can be wrong with the config or data is checked before the MLflow run is
+    created, so a mistake leaves no half-written run behind.
+
+    Returns:
+        The best value over epochs of ``cfg.objective.metric`` (``<metric>_best``).
+    """
+    metric, direction = check_objective(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    backbone = build(cfg, "backbone")
+    freezing = build(cfg, "freeze")
+    freezing.check(backbone)
+    weighting = build(cfg, "class_weight")
+    datamodule = build(
+        cfg, "data",
+        pretrained_config=timm.data.resolve_model_data_config(backbone),
+        augmentation=build(cfg, "augment"),
+        balanced_sampling=weighting.resamples,
+    )
+    datamodule.setup("fit")
+    model = ImageClassifier(
+        backbone,
+        num_classes=datamodule.num_classes,
+        optimizer=build(cfg, "optimizer"),
+        lr_schedule=instantiate(cfg.lr_schedule.scheduler),
+        dropout=cfg.regularization.dropout,
+        label_smoothing=cfg.regularization.label_smoothing,
+        class_weights=weighting.loss_weights(datamodule.class_counts),
+        backbone_lr_mult=cfg.lr_schedule.backbone_lr_mult,
+        objective=metric,
+        direction=direction,
+    )
+    logger = tracking.create_logger(cfg)
+    trainer = build(cfg, "trainer", precision=resolve_precision(cfg.trainer),
+                    callbacks=[freezing], logger=logger if logger is not None else False)
+    if logger is not None:
+        tracking.log_trial_config(logger, cfg)
+        trainable, total = model.parameter_counts()
+        logger.log_hyperparams({"model.trainable_params": trainable, "model.total_params": total,
+                                "data.num_classes": datamodule.num_classes})
+    trainer.fit(model, datamodule=datamodule)
+    if not model.best_objective.update_count:
+        raise RuntimeError(f"the trial ended without a finite {metric}: no epoch was validated")
+    value = float(model.best_objective.compute())
+    if logger is not None:
+        logger.experiment.log_metric(logger.run_id, "objective", value)
+    console.print(f"objective {metric}_best = {value:.4f} ({direction})")
+    return value
+
+
+def config_summary(cfg: DictConfig) -> str:
+    """The resolved config as YAML, for ``--cfg``-style debugging in tests and logs."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
