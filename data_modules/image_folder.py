@@ -11,14 +11,14 @@ from data_modules.images import IMAGE_SUFFIXES
 from sweeps.errors import PlateauError
 
 
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
 
 
 def scan_class_folders(root: Path) -> dict[str, list[Path]]:
     """Class name -> image files under ``root/<class>/`` (nested folders in, hidden ones out)."""
     classes: dict[str, list[Path]] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and _visible(p)):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and _visible(p.name)):
         files = sorted(
             p for p in folder.rglob("*")
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,9 @@ def _cached_hub_file(name: str) -> Path | None:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """False when ``HF_HUB_OFFLINE`` is set or huggingface.co does not answer."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
     try:
         with socket.create_connection(_HUB_HOST, timeout=timeout):
             return True

@@ -1,0 +1,74 @@
+"""``python sweep.py`` as a user runs it: the offline default end to end, and mistakes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import ROOT, TINY
+
+
+def sweep(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_default_run_is_offline_pretrained_and_logged(tmp_path: Path) -> None:
+    result = sweep(cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "objective val/f1_macro_best = " in output
+    value = float(output.split("objective val/f1_macro_best = ")[1].split()[0])
+    assert value > 0.8  # a pretrained Lite0 learns the digits in a few CPU epochs
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("plateau").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["backbone.name"] == "tf_efficientnet_lite0"
+    assert run.data.params["backbone.pretrained"] == "true"
+    epochs = int(run.data.params["trainer.max_epochs"])
+    history = client.get_metric_history(run.info.run_id, "val/f1_macro")
+    assert len(history) == epochs
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "config")]
+    assert artifacts == ["config/config.yaml"]
+
+
+def _one_class_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "one_class"
+    (root / "cats").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "cats" / "a.png")
+    return root
+
+
+MISTAKES = {
+    "missing data.root": (["data=image_folder"], "data.root"),
+    "data.root not a folder": (["data=image_folder", "data.root=/no/such/dir"], "/no/such/dir"),
+    "fewer than two classes": (["data=image_folder", "data.root={one_class}"], "at least two"),
+    "unknown backbone": (["backbone.name=resnt18"], "unknown backbone 'resnt18'"),
+    "depth beyond stages": ([*TINY, "freeze.depth=9"], "freeze.depth=9"),
+    "weights unavailable offline": (["backbone=resnet18"], "backbone.weights_file"),
+    "missing weights file": (["backbone.weights_file=/no/w.pth"], "backbone.weights_file"),
+    "bad objective metric": (["objective.metric=val/auc"], "objective.metric"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_user_mistake_gets_one_line_error_and_no_run(case: str, tmp_path: Path) -> None:
+    overrides, expected = MISTAKES[case]
+    overrides = [o.format(one_class=_one_class_folder(tmp_path)) for o in overrides]
+    result = sweep(*overrides, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, result.stderr
+    assert expected in errors[0]
+    assert not (tmp_path / "mlflow.db").exists()  # nothing half-written
