@@ -29,7 +29,8 @@ Item = np.ndarray | Path
 class ImageDataset(Dataset):
     """Images given as uint8 arrays (H x W or H x W x 3) or file paths, with integer targets."""
 
-    def __init__(self, items: Sequence[Item], targets: Sequence[int], transform: Any) -> None:
+    def __init__(self, items: Sequence[Item], targets: Sequence[int] | np.ndarray,
+                 transform: Any) -> None:
         self.items = list(items)
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.int64))
         self.transform = transform
@@ -58,7 +59,8 @@ def stratified_split(targets: np.ndarray, val_fraction: float,
     if not 0.0 < val_fraction < 1.0:
         raise PlateauError(f"data.val_fraction={val_fraction} must be between 0 and 1, e.g. 0.2")
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    train: list[int] = []
+    val: list[int] = []
     for label in np.unique(targets):
         members = rng.permutation(np.flatnonzero(targets == label))
         n_val = 0 if len(members) < 2 else min(max(round(len(members) * val_fraction), 1),

@@ -12,8 +12,8 @@ from sweeps.errors import PlateauError
 def long_tail_counts(counts: np.ndarray, imbalance: float) -> np.ndarray:
     """Per-class counts decaying exponentially from class 0 to the last class.
 
-    Class ``c`` of ``C`` keeps ``counts[c] * imbalance ** (-c / (C - 1))`` images (at least 2),
-    so the largest class is ``imbalance`` times the smallest (Cao et al. 2019's long tail).
+    Class ``c`` of ``C`` keeps ``min(counts) * imbalance ** (-c / (C - 1))`` images (at least
+    2), so the largest class is ``imbalance`` times the smallest (Cao et al. 2019's long tail).
     """
     if imbalance < 1.0:
         raise PlateauError(

@@ -14,22 +14,24 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB.
 
-    Transparent pixels are composited onto white (a plain ``convert("RGB")`` exposes whatever
-    color the transparent pixels happen to store, often black); 16- and 32-bit grayscale is
-    rescaled from its own range to 0..255 instead of being clipped.
+    Transparent pixels (alpha channels, and the single transparent color of palette, RGB or
+    grayscale PNGs) are composited onto white: a plain ``convert("RGB")`` exposes whatever
+    color they happen to store, often black. 16-bit grayscale is scaled by its bit depth
+    (65535 -> 255), the same for every image; float images by their own range.
     """
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        values = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0
+        return Image.fromarray(values.round().astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0.0
         return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
-    return image.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def load_rgb(path: Path) -> Image.Image:

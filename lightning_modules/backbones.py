@@ -106,7 +106,7 @@ def _from_file(name: str, path: Path, kwargs: dict) -> nn.Module:
 
 def _load_without_classifier(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Load a full-model state dict into a headless model; every other key must match."""
-    head = model.pretrained_cfg.get("classifier", "classifier")
+    head = getattr(model, "pretrained_cfg", {}).get("classifier", "classifier")
     body = {k: v for k, v in state_dict.items() if not k.startswith(f"{head}.")}
     model.load_state_dict(body, strict=True)
 

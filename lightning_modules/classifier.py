@@ -20,6 +20,13 @@ OptimizerFactory = Callable[..., Optimizer]
 ScheduleFactory = Callable[..., dict[str, Any]]
 
 
+def _feature_width(backbone: nn.Module) -> int:
+    width = getattr(backbone, "num_features", None)
+    if not isinstance(width, int):
+        raise TypeError(f"{type(backbone).__name__} has no integer num_features (feature width)")
+    return width
+
+
 def _metrics(num_classes: int) -> MetricCollection:
     return MetricCollection({
         "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -64,7 +71,7 @@ class ImageClassifier(pl.LightningModule):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(dropout),
-                                  nn.Linear(backbone.num_features, num_classes))
+                                  nn.Linear(_feature_width(backbone), num_classes))
         self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
         self.optimizer_factory = optimizer
         self.schedule_factory = lr_schedule

@@ -50,7 +50,7 @@ class StageFreezing(BaseFinetuning):
         return self.frozen_stage_count(len(backbone_stages(backbone)))
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
-        self._stages = backbone_stages(pl_module.backbone)
+        self._stages = backbone_stages(pl_module.backbone)  # type: ignore[arg-type]
         count = self.frozen_stage_count(len(self._stages))
         for stage in self._stages[:count]:
             self._freeze_stage(stage)

@@ -52,7 +52,7 @@ def backbone_stages(backbone: nn.Module) -> list[Stage]:
         for name, module in backbone.named_modules()
         if isinstance(module, _BatchNorm)
     ]
-    grouped = group_with_matcher(named, matcher, return_values=True)
+    grouped = group_with_matcher(iter(named), matcher, return_values=True)
     stages = []
     for group in sorted(grouped):
         stage = Stage()
