@@ -24,6 +24,8 @@ from data_modules.transforms import Augmentation, build_transforms, resolve_data
 from sweeps.errors import PlateauError
 
 Item = np.ndarray | Path
+#: Items and their integer targets.
+Split = tuple[list[Item], np.ndarray]
 
 
 class ImageDataset(Dataset):
@@ -109,13 +111,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_set: ImageDataset | None = None
         self.val_set: ImageDataset | None = None
 
-    def load_splits(self) -> tuple[list[str], tuple[list[Item], np.ndarray],
-                                   tuple[list[Item], np.ndarray]]:
+    def load_splits(self) -> tuple[list[str], Split, Split]:
         """(class names, (train items, targets), (val items, targets))."""
         raise NotImplementedError
 
-    def split(self, items: Sequence[Item], targets: np.ndarray) -> tuple[
-            tuple[list[Item], np.ndarray], tuple[list[Item], np.ndarray]]:
+    def split(self, items: Sequence[Item], targets: np.ndarray) -> tuple[Split, Split]:
         """Stratified, seeded train/val split with ``val_fraction``."""
         train, val = stratified_split(targets, self.val_fraction, self.seed)
         return ([items[i] for i in train], targets[train]), ([items[i] for i in val], targets[val])

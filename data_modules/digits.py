@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.datasets import load_digits
 
-from data_modules.datamodules import ClassificationDataModule, Item
+from data_modules.datamodules import ClassificationDataModule, Item, Split
 from sweeps.errors import PlateauError
 
 
@@ -35,11 +37,11 @@ class DigitsDataModule(ClassificationDataModule):
         **kwargs: see :class:`~data_modules.datamodules.ClassificationDataModule`.
     """
 
-    def __init__(self, imbalance: float = 1.0, **kwargs) -> None:
+    def __init__(self, imbalance: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.imbalance = imbalance
 
-    def load_splits(self):
+    def load_splits(self) -> tuple[list[str], Split, Split]:
         digits = load_digits()
         # Pixel values are 0..16 (ink density); map to the usual 0..255 of an 8-bit image.
         images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)

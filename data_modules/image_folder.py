@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from data_modules.datamodules import ClassificationDataModule, Item
+from data_modules.datamodules import ClassificationDataModule, Item, Split
 from data_modules.images import IMAGE_SUFFIXES
 from sweeps.errors import PlateauError
 
@@ -43,7 +44,7 @@ def _check_classes(where: Path, classes: dict[str, list[Path]]) -> None:
         )
 
 
-def _flatten(classes: dict[str, list[Path]], names: list[str]) -> tuple[list[Item], np.ndarray]:
+def _flatten(classes: dict[str, list[Path]], names: list[str]) -> Split:
     index = {name: i for i, name in enumerate(names)}
     items: list[Item] = [path for name in classes for path in classes[name]]
     targets = [index[name] for name in classes for _ in classes[name]]
@@ -61,7 +62,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         **kwargs: see :class:`~data_modules.datamodules.ClassificationDataModule`.
     """
 
-    def __init__(self, root: str | None = None, **kwargs) -> None:
+    def __init__(self, root: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if root is None or str(root) in ("", "???"):
             raise PlateauError(
@@ -75,7 +76,7 @@ class ImageFolderDataModule(ClassificationDataModule):
                 "per class (or train/ and val/ folders of them)"
             )
 
-    def load_splits(self):
+    def load_splits(self) -> tuple[list[str], Split, Split]:
         train_dir, val_dir = self.root / "train", self.root / "val"
         if train_dir.is_dir() and val_dir.is_dir():
             train, val = scan_class_folders(train_dir), scan_class_folders(val_dir)

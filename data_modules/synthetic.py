@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from data_modules.datamodules import ClassificationDataModule, Item
+from data_modules.datamodules import ClassificationDataModule, Item, Split
 
 
 def stripe_images(num_classes: int, per_class: int, size: int,
@@ -40,13 +42,13 @@ class SyntheticDataModule(ClassificationDataModule):
     """
 
     def __init__(self, num_classes: int = 3, images_per_class: int = 16, size: int = 32,
-                 **kwargs) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_generated_classes = num_classes
         self.images_per_class = images_per_class
         self.size = size
 
-    def load_splits(self):
+    def load_splits(self) -> tuple[list[str], Split, Split]:
         images, targets = stripe_images(self.num_generated_classes, self.images_per_class,
                                         self.size, self.seed)
         items: list[Item] = list(images)

@@ -71,7 +71,7 @@ def _create(name: str, pretrained: bool, weights_file: str | None, kwargs: dict)
                 f"backbone.weights_file={weights_file} does not exist: give the path of a saved "
                 f"state dict for {name}, or remove the override"
             )
-        return _from_file(name, path, kwargs)
+        return _from_file(name, path, kwargs, f"backbone.weights_file={weights_file}")
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
     if name in OFFLINE_WEIGHTS:
@@ -80,7 +80,7 @@ def _create(name: str, pretrained: bool, weights_file: str | None, kwargs: dict)
         return model
     cached = _cached_hub_file(name)
     if cached is not None:
-        return _from_file(name, cached, kwargs)
+        return _from_file(name, cached, kwargs, f"the cached hub file {cached}")
     if not _hub_reachable():
         raise PlateauError(
             f"pretrained weights for backbone '{name}' are not available offline: download them "
@@ -91,17 +91,33 @@ def _create(name: str, pretrained: bool, weights_file: str | None, kwargs: dict)
     return timm.create_model(name, pretrained=True, **kwargs)
 
 
-def _from_file(name: str, path: Path, kwargs: dict) -> nn.Module:
+def _from_file(name: str, path: Path, kwargs: dict, source: str) -> nn.Module:
+    """Build ``name`` and load every non-classifier weight from ``path``, strictly.
+
+    (timm's own file loading turns non-strict when the head size differs, so a file of another
+    architecture would load nothing and leave random weights.) A checkpoint of plateau's
+    classifier is accepted too: its ``backbone.*`` keys are used.
+    """
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    state_dict = timm.models.load_state_dict(str(path), weights_only=True)
+    if any(key.startswith("backbone.") for key in state_dict):
+        state_dict = {key[len("backbone."):]: value for key, value in state_dict.items()
+                      if key.startswith("backbone.")}
     try:
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-        )
-    except RuntimeError as err:  # state dict of another architecture
-        first_line = str(err).strip().splitlines()[0]
+        _load_without_classifier(model, state_dict)
+    except RuntimeError as err:
         raise PlateauError(
-            f"backbone.weights_file={path} does not fit backbone '{name}' ({first_line}): "
-            "give weights saved from this architecture, or pick the matching backbone.name"
+            f"{source} does not fit backbone '{name}' ({_mismatch(err)}): give "
+            "weights saved from this architecture, or pick the matching backbone.name"
         ) from err
+    return model
+
+
+def _mismatch(err: RuntimeError) -> str:
+    """The first specific line of a ``load_state_dict`` error (missing/unexpected/size)."""
+    lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    detail = lines[0] if lines else str(err).strip()
+    return detail if len(detail) <= 200 else detail[:197] + "..."
 
 
 def _load_without_classifier(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:

@@ -62,7 +62,8 @@ class StageFreezing(BaseFinetuning):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                              batch: object, batch_idx: int) -> None:
-        # Lightning puts the whole model back into train mode after each validation.
+        # Cheap insurance: anything calling model.train() (a user callback, a custom loop)
+        # would otherwise let frozen BatchNorm layers drift.
         for bn in self._frozen_bns:
             bn.eval()
 
@@ -83,6 +84,8 @@ class StageFreezing(BaseFinetuning):
             param.requires_grad = True
         thawed_bns = {id(bn) for bn in stage.batchnorms}
         self._frozen_bns = [bn for bn in self._frozen_bns if id(bn) not in thawed_bns]
+        for bn in stage.batchnorms:
+            bn.train()  # its running statistics follow the data again, like its weights
         return thawed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -59,6 +60,17 @@ def check_objective(cfg: DictConfig) -> tuple[str, str]:
     return metric, direction
 
 
+def _single_log_stream() -> None:
+    """Lightning adds a stderr handler to its ``lightning`` logger on import; where Hydra has
+    configured the root logger, that prints every Lightning line twice. Keep Hydra's."""
+    # Frozen BatchNorm layers are in eval mode on purpose (lightning_modules.freezing).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    if logging.getLogger().handlers:
+        lightning_logger = logging.getLogger("lightning")
+        for handler in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(handler)
+
+
 def run_trial(cfg: DictConfig) -> float:
     """Fine-tune ``cfg.backbone`` on ``cfg.data`` with every knob of ``cfg``; log to MLflow.
 
@@ -68,6 +80,7 @@ def run_trial(cfg: DictConfig) -> float:
     Returns:
         The best value over epochs of ``cfg.objective.metric`` (``<metric>_best``).
     """
+    _single_log_stream()
     metric, direction = check_objective(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = build(cfg, "backbone")
