@@ -77,13 +77,17 @@ def flatten_config(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
-def create_logger(cfg: DictConfig) -> MLFlowLogger | None:
-    """The MLflow logger of ``cfg.logger`` (None for ``logger=none``), run not yet created."""
+def create_logger(cfg: DictConfig, extra_tags: dict[str, str] | None = None
+                  ) -> MLFlowLogger | None:
+    """The MLflow logger of ``cfg.logger`` (None for ``logger=none``), run not yet created.
+
+    ``extra_tags`` may hold ``mlflow.parentRunId`` to nest the run under a study's run.
+    """
     logger_cfg = cfg.get("logger")
     if not logger_cfg or logger_cfg.get("_target_") is None:
         return None
     choices = knob_choices(cfg)
-    tags = {f"plateau.{k}": v for k, v in choices.items()}
+    tags = {f"plateau.{k}": v for k, v in choices.items()} | (extra_tags or {})
     return instantiate(logger_cfg, tracking_uri=absolute_tracking_uri(logger_cfg.tracking_uri),
                        run_name=run_name(choices), tags=tags)
 
@@ -95,3 +99,38 @@ def log_trial_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
         path = Path(tmp) / "config.yaml"
         path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="config")
+
+
+def log_objective(logger: MLFlowLogger, value: float) -> None:
+    logger.experiment.log_metric(logger.run_id, "objective", value)
+
+
+#: Study user attribute holding the MLflow run id of the study's parent run.
+STUDY_RUN_ATTR = "mlflow_parent_run_id"
+
+
+def end_trial_run(logger: MLFlowLogger | None, state: str, tags: dict[str, str],
+                  status: str | None) -> None:
+    """Tag a trial's run with its study state; ``status`` terminates it (e.g. FAILED, KILLED)."""
+    if logger is None or logger._run_id is None:
+        return
+    client = logger.experiment
+    client.set_tag(logger.run_id, "plateau.state", state)
+    for key, value in tags.items():
+        client.set_tag(logger.run_id, key, value)
+    if status is not None:
+        client.set_terminated(logger.run_id, status=status)
+
+
+def tracking_client(cfg: DictConfig) -> tuple[Any, str] | None:
+    """(MlflowClient, experiment id) for the config's logger; None for ``logger=none``."""
+    logger_cfg = cfg.get("logger")
+    if not logger_cfg or logger_cfg.get("_target_") is None:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(absolute_tracking_uri(logger_cfg.tracking_uri))
+    experiment = client.get_experiment_by_name(logger_cfg.experiment_name)
+    experiment_id = (experiment.experiment_id if experiment is not None
+                     else client.create_experiment(logger_cfg.experiment_name))
+    return client, experiment_id

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,6 +13,7 @@ import timm.data
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -71,14 +74,22 @@ def _single_log_stream() -> None:
             lightning_logger.removeHandler(handler)
 
 
-def run_trial(cfg: DictConfig) -> float:
-    """Fine-tune ``cfg.backbone`` on ``cfg.data`` with every knob of ``cfg``; log to MLflow.
+@dataclass
+class PreparedTrial:
+    """Everything a fit needs, built and checked before the MLflow run exists."""
 
-    Everything that can be wrong with the config or data is checked before the MLflow run is
-    created, so a mistake leaves no half-written run behind.
+    model: ImageClassifier
+    datamodule: pl.LightningDataModule
+    trainer: pl.Trainer
+    logger: MLFlowLogger | None
 
-    Returns:
-        The best value over epochs of ``cfg.objective.metric`` (``<metric>_best``).
+
+def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
+                  tags: dict[str, str] | None = None) -> PreparedTrial:
+    """Build backbone, data, model, logger and trainer from ``cfg``.
+
+    Everything that can be wrong with the config or the data is checked before the MLflow
+    run is created, so a mistake leaves no half-written run behind.
     """
     _single_log_stream()
     metric, direction = check_objective(cfg)
@@ -106,21 +117,46 @@ def run_trial(cfg: DictConfig) -> float:
         objective=metric,
         direction=direction,
     )
-    logger = tracking.create_logger(cfg)
+    logger = tracking.create_logger(cfg, tags)
     trainer = build(cfg, "trainer", precision=resolve_precision(cfg.trainer),
-                    callbacks=[freezing], logger=logger if logger is not None else False)
+                    callbacks=[freezing, *callbacks],
+                    logger=logger if logger is not None else False)
     if logger is not None:
         tracking.log_trial_config(logger, cfg)
         trainable, total = model.parameter_counts()
         logger.log_hyperparams({"model.trainable_params": trainable, "model.total_params": total,
                                 "data.num_classes": datamodule.num_classes})
-    trainer.fit(model, datamodule=datamodule)
+    return PreparedTrial(model, datamodule, trainer, logger)
+
+
+def best_objective(model: ImageClassifier) -> float:
+    """The best epoch value of the objective metric; an error if no epoch gave a finite one."""
     if not model.best_objective.update_count:
-        raise RuntimeError(f"the trial ended without a finite {metric}: no epoch was validated")
-    value = float(model.best_objective.compute())
-    if logger is not None:
-        logger.experiment.log_metric(logger.run_id, "objective", value)
-    console.print(f"objective {metric}_best = {value:.4f} ({direction})")
+        raise RuntimeError(f"the trial ended without a finite {model.objective}: "
+                           "no validated epoch")
+    return float(model.best_objective.compute())
+
+
+def run_trial(cfg: DictConfig) -> float:
+    """Fine-tune ``cfg.backbone`` on ``cfg.data`` with every knob of ``cfg``; log to MLflow.
+
+    Under ``python sweep.py -m`` (``cfg.trial_id`` set by plateau's sweeper) the trial reports
+    to its Optuna trial and may be pruned; see :mod:`sweeps.study_trial`.
+
+    Returns:
+        The best value over epochs of ``cfg.objective.metric`` (``<metric>_best``).
+    """
+    if cfg.get("trial_id") is not None:
+        from sweeps.study_trial import run_study_trial
+
+        return run_study_trial(cfg)
+    prepared = prepare_trial(cfg)
+    prepared.trainer.fit(prepared.model, datamodule=prepared.datamodule)
+    value = best_objective(prepared.model)
+    if prepared.logger is not None:
+        tracking.log_objective(prepared.logger, value)
+    console.print(f"objective {prepared.model.objective}_best = {value:.4f} "
+                  f"({cfg.objective.direction})")
     return value
 
 

@@ -23,12 +23,17 @@ CONF = ROOT / "conf"
 TINY = ["data=synthetic", "backbone=test_resnet", "trainer=cpu", "trainer.max_epochs=1"]
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """Compose ``conf/config.yaml`` as ``sweep.py`` would, with Hydra's runtime info set."""
+def compose_config(overrides: list[str], keep_hydra: bool = False) -> DictConfig:
+    """Compose ``conf/config.yaml`` as ``sweep.py`` would, with Hydra's runtime info set.
+
+    The ``hydra`` node is removed (as in a job's config) unless ``keep_hydra``.
+    """
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
+    if keep_hydra:
+        return cfg
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg

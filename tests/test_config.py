@@ -9,6 +9,7 @@ import pytest
 import timm.data
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import MLFlowLogger
 from PIL import Image
@@ -20,6 +21,7 @@ from lightning_modules.backbones import create_backbone
 from lightning_modules.freezing import StageFreezing
 from sweeps import tracking
 from sweeps.errors import PlateauError
+from sweeps.search_space import parse_search_space
 from sweeps.trial import build
 
 OPTIONS = sorted(
@@ -32,7 +34,7 @@ OPTIONS = sorted(
 def test_every_group_has_options() -> None:
     groups = {group for group, _ in OPTIONS}
     assert groups == {"data", "backbone", "freeze", "augment", "class_weight", "regularization",
-                      "lr_schedule", "optimizer", "trainer", "logger"}
+                      "lr_schedule", "optimizer", "trainer", "logger", "search"}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,13 @@ def test_option_composes_and_instantiates(group: str, option: str, image_root: P
         overrides.append(f"data.root={image_root}")
     if group == "backbone" and option != "tf_efficientnet_lite0":
         overrides.append("backbone.pretrained=false")  # only Lite0's weights ship offline
-    cfg = compose_config(overrides)
+    cfg = compose_config(overrides, keep_hydra=group == "search")
+    if group == "search":
+        sweeper = cfg.hydra.sweeper
+        space = parse_search_space(OmegaConf.to_container(sweeper.params), [],
+                                   OmegaConf.to_container(sweeper.conditional_params))
+        assert space.distributions
+        return
     node = cfg[group]
     if group == "backbone":
         model = instantiate(node)

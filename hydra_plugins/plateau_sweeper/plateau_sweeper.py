@@ -1,0 +1,181 @@
+"""plateau's Optuna sweeper for Hydra: config schema and a thin Sweeper shim.
+
+Hydra imports every module under ``hydra_plugins`` at start-up, so this one holds only the
+config dataclasses and a Sweeper that imports the study logic (``sweeps.study``) when a sweep
+actually starts. Keys and search-space grammar follow hydra-optuna-sweeper (``sampler``,
+``direction``, ``study_name``, ``storage``, ``n_trials``, ``n_jobs``, ``max_failure_rate``,
+``params``, ``custom_search_space``), so its users switch by changing only
+``override /hydra/sweeper: plateau``.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import MISSING, DictConfig
+
+
+@dataclass
+class SamplerConf:
+    _target_: str = MISSING
+    seed: Optional[int] = 42
+
+
+@dataclass
+class TPESamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.TPESampler"
+    n_startup_trials: int = 5
+    multivariate: bool = True
+    group: bool = True
+    constant_liar: bool = True  # parallel workers do not all sample the same point
+
+
+@dataclass
+class RandomSamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.RandomSampler"
+
+
+@dataclass
+class CmaEsSamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    n_startup_trials: int = 1
+    consider_pruned_trials: bool = True
+    warn_independent_sampling: bool = False
+
+
+@dataclass
+class GPSamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.GPSampler"
+    n_startup_trials: int = 5
+
+
+@dataclass
+class QMCSamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.QMCSampler"
+    qmc_type: str = "sobol"
+    scramble: bool = True
+
+
+@dataclass
+class GridSamplerConf(SamplerConf):
+    """The grid is built from the search space: every param must be discrete."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+    _partial_: bool = True
+
+
+@dataclass
+class NSGAIISamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    population_size: int = 20
+
+
+@dataclass
+class PrunerConf:
+    _target_: str = MISSING
+
+
+@dataclass
+class StagnationPrunerConf(PrunerConf):
+    """Prune when val loss stalls for ``patience`` epochs and the trial is below the median."""
+
+    _target_: str = "sweeps.pruning.StagnationPruner"
+    patience: int = 2
+    min_delta: float = 0.0
+    n_startup_trials: int = 2
+    n_warmup_steps: int = 1
+
+
+@dataclass
+class MedianPrunerConf(PrunerConf):
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 2
+    n_warmup_steps: int = 1
+
+
+@dataclass
+class SuccessiveHalvingPrunerConf(PrunerConf):
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"
+    reduction_factor: int = 3
+
+
+@dataclass
+class HyperbandPrunerConf(PrunerConf):
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+
+
+@dataclass
+class NopPrunerConf(PrunerConf):
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class ConditionalParamConf:
+    """``space`` is sampled only in trials where the param ``when`` names has that value."""
+
+    when: str = MISSING   # e.g. "freeze=depth"
+    space: str = MISSING  # e.g. "range(1, 5)"
+
+
+@dataclass
+class PlateauSweeperConf:
+    _target_: str = "hydra_plugins.plateau_sweeper.plateau_sweeper.PlateauSweeper"
+    defaults: List[Any] = field(
+        default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "stagnation"}]
+    )
+    sampler: SamplerConf = MISSING
+    pruner: PrunerConf = MISSING
+    direction: Any = "maximize"
+    # None: sqlite file plateau.db in the launch directory, so a re-run continues the study.
+    storage: Optional[str] = None
+    study_name: Optional[str] = "plateau"
+    # The study's total budget of finished trials (COMPLETE, PRUNED, FAIL), not "N more".
+    n_trials: int = 20
+    n_jobs: int = 1
+    max_failure_rate: float = 0.0
+    params: Optional[Dict[str, str]] = None
+    custom_search_space: Optional[str] = None
+    # plateau extensions
+    conditional_params: Dict[str, ConditionalParamConf] = field(default_factory=dict)
+    # the val/* metric reported to the pruner each epoch (minimized, e.g. val/loss)
+    monitor: str = "val/loss"
+    # RUNNING trials of another host whose heartbeat is older than this are stale
+    heartbeat_timeout_s: float = 600.0
+
+
+_STORE = ConfigStore.instance()
+_STORE.store(group="hydra/sweeper", name="plateau", node=PlateauSweeperConf, provider="plateau")
+for _name, _node in {
+    "tpe": TPESamplerConf, "random": RandomSamplerConf, "cmaes": CmaEsSamplerConf,
+    "gp": GPSamplerConf, "qmc": QMCSamplerConf, "grid": GridSamplerConf,
+    "nsgaii": NSGAIISamplerConf,
+}.items():
+    _STORE.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="plateau")
+for _name, _node in {
+    "stagnation": StagnationPrunerConf, "median": MedianPrunerConf,
+    "successive_halving": SuccessiveHalvingPrunerConf, "hyperband": HyperbandPrunerConf,
+    "none": NopPrunerConf,
+}.items():
+    _STORE.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="plateau")
+
+
+class PlateauSweeper(Sweeper):
+    """Runs an Optuna study whose trials are Hydra jobs; see :mod:`sweeps.study`."""
+
+    def __init__(self, **settings: Any) -> None:
+        from sweeps.study import StudySweeper
+
+        self._impl = StudySweeper(**settings)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        return self._impl.sweep(arguments)

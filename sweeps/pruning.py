@@ -1,0 +1,71 @@
+"""Pruning on stagnation, and the direction convention of reported values.
+
+Trials report their validation loss every epoch, but a study usually *maximizes* its
+objective (F1, accuracy) while loss is *minimized*. Optuna's pruners compare intermediate
+values in the study's direction, so a trial reports the loss **negated** when the study
+maximizes (:func:`aligned`): larger is then better for both. Forgetting this makes a median
+pruner keep the worst trials and prune the best.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.pruners import BasePruner, MedianPruner
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
+
+
+def aligned(loss: float, direction: StudyDirection) -> float:
+    """The value to report for ``loss`` in a study of ``direction`` (larger = better if max)."""
+    return -loss if direction == StudyDirection.MAXIMIZE else loss
+
+
+class StagnationPruner(BasePruner):
+    """Stop a trial whose reported value has not improved for ``patience`` epochs.
+
+    A stagnating trial is *pruned* only if it is also not competitive: worse than the median
+    of other trials at the same epoch (``MedianPruner``). A stagnating trial that is
+    competitive is not pruned; :meth:`stagnates` tells the trial to end early as COMPLETE
+    with its best value so far.
+
+    Args:
+        patience: epochs without improvement (by more than ``min_delta``) before stagnation.
+        min_delta: smallest change of the reported value that counts as improvement.
+        n_startup_trials: trials to finish before the median comparison prunes anything.
+        n_warmup_steps: epochs before any decision in a trial.
+    """
+
+    def __init__(self, patience: int = 2, min_delta: float = 0.0, n_startup_trials: int = 2,
+                 n_warmup_steps: int = 1) -> None:
+        if patience < 1:
+            raise ValueError(f"patience={patience} must be at least 1")
+        if min_delta < 0.0:
+            raise ValueError(f"min_delta={min_delta} must be >= 0")
+        self._patience = patience
+        self._min_delta = min_delta
+        self._n_warmup_steps = n_warmup_steps
+        self._median = MedianPruner(n_startup_trials=n_startup_trials,
+                                    n_warmup_steps=n_warmup_steps)
+
+    def stagnates(self, values: list[float], direction: StudyDirection) -> bool:
+        """True when the last ``patience`` values brought no improvement over the best before.
+
+        Args:
+            values: the trial's reported values, one per epoch, in order (NaN/inf ignored).
+            direction: the study's direction, in which the values are reported.
+        """
+        finite = [v for v in values if math.isfinite(v)]
+        if len(finite) <= self._patience or len(finite) <= self._n_warmup_steps:
+            return False
+        sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
+        scores = [sign * v for v in finite]
+        best_before = max(scores[: -self._patience])
+        return max(scores[-self._patience:]) <= best_before + self._min_delta
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
+        if not self.stagnates(values, study.direction):
+            return False
+        return self._median.prune(study, trial)

@@ -1,0 +1,177 @@
+"""hydra-optuna-sweeper's search-space grammar, mapped onto Optuna distributions.
+
+=================================  ==============================================
+``key: choice(a, b)`` / ``a,b``    categorical over the values
+``key: range(a, b, step=s)``       ints (or floats) ``a, a+s, …`` below ``b``, as Hydra's
+                                   ``range`` (stop excluded; hydra-optuna-sweeper included it)
+``key: interval(a, b)``            uniform float in [a, b] (int if both ends are ints)
+``key: tag(log, interval(a, b))``  log-uniform
+``key: value``                     fixed: the same override for every trial
+=================================  ==============================================
+
+Choices that are not str/int/float/bool/None (lists, dicts) are kept as their override
+text, e.g. ``freeze.milestones: choice([1,2],[2,4])``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import (
+    ChoiceSweep,
+    IntervalSweep,
+    Override,
+    RangeSweep,
+    Transformer,
+)
+from hydra.errors import HydraException
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from sweeps.errors import PlateauError
+
+_PRIMITIVE = (str, int, float, bool, type(None))
+
+
+@dataclass
+class SearchSpace:
+    """Distributions to sample, fixed overrides, and params sampled only under a condition."""
+
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
+    fixed: dict[str, str] = field(default_factory=dict)
+    conditional: dict[str, tuple[str, str, BaseDistribution]] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return [*self.distributions, *self.conditional]
+
+
+def _choice_values(override: Override) -> list[Any]:
+    values = []
+    for value in override.sweep_iterator(transformer=Transformer.encode):
+        values.append(value if isinstance(value, _PRIMITIVE) else str(value))
+    return values
+
+
+def _range_distribution(key: str, sweep: RangeSweep) -> BaseDistribution:
+    start, stop, step = sweep.start, sweep.stop, sweep.step
+    assert start is not None
+    assert stop is not None
+    if step is None or step <= 0 or stop <= start:
+        raise PlateauError(f"{key}: range({start}, {stop}, step={step}) is empty: it needs "
+                           "start < stop and a positive step")
+    count = math.ceil((stop - start) / step)  # Hydra's range excludes stop
+    if all(isinstance(v, int) for v in (start, stop, step)):
+        return IntDistribution(int(start), int(start + (count - 1) * step), step=int(step))
+    return FloatDistribution(float(start), float(start + (count - 1) * step), step=float(step))
+
+
+def _interval_distribution(key: str, sweep: IntervalSweep) -> BaseDistribution:
+    low, high = sweep.start, sweep.end
+    assert low is not None
+    assert high is not None
+    log = "log" in sweep.tags
+    if low >= high or (log and low <= 0):
+        raise PlateauError(f"{key}: interval({low}, {high}) needs low < high"
+                           + (" and low > 0 for tag(log, ...)" if log else ""))
+    if isinstance(low, int) and isinstance(high, int):
+        return IntDistribution(low, high, log=log)
+    return FloatDistribution(float(low), float(high), log=log)
+
+
+def to_distribution(override: Override) -> BaseDistribution | str:
+    """The Optuna distribution of one parsed override, or its fixed value as override text."""
+    key = override.get_key_element()
+    if not override.is_sweep_override():
+        return override.get_value_element_as_str()
+    sweep = override.value()
+    if override.is_choice_sweep() or (isinstance(sweep, RangeSweep) and sweep.shuffle):
+        values = _choice_values(override)
+        if not values:
+            raise PlateauError(f"{key}: choice() has no values")
+        return CategoricalDistribution(values)
+    if isinstance(sweep, RangeSweep):
+        return _range_distribution(key, sweep)
+    if isinstance(sweep, IntervalSweep):
+        return _interval_distribution(key, sweep)
+    assert not isinstance(sweep, ChoiceSweep)
+    raise PlateauError(f"{key}: {override.input_line} is not a search space plateau understands")
+
+
+def _parse(lines: list[str]) -> list[Override]:
+    try:
+        return OverridesParser.create().parse_overrides(lines)
+    except HydraException as err:
+        first = str(err).strip().splitlines()[0]
+        raise PlateauError(
+            f"invalid search space ({first}): write choice(a, b), range(a, b, step=s), "
+            "interval(a, b) or tag(log, interval(a, b))"
+        ) from err
+
+
+def parse_search_space(params: dict[str, Any] | None, arguments: list[str],
+                       conditional: dict[str, Any] | None = None) -> SearchSpace:
+    """Build the search space from ``hydra.sweeper.params`` and the command-line sweeps.
+
+    Command-line arguments come last, so ``key=...`` on the command line replaces the
+    config's entry for ``key``.
+
+    Args:
+        params: ``{key: expression}`` from the sweeper config.
+        arguments: the command-line overrides Hydra hands to the sweeper.
+        conditional: ``{key: {when: "other=value", space: expression}}``.
+    """
+    lines = [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
+    space = SearchSpace()
+    for override in _parse(lines):
+        key = override.get_key_element()
+        value = to_distribution(override)
+        space.distributions.pop(key, None)
+        space.fixed.pop(key, None)
+        if isinstance(value, BaseDistribution):
+            space.distributions[key] = value
+        else:
+            space.fixed[key] = value
+    for key, spec in (conditional or {}).items():
+        when, expression = str(spec["when"]), str(spec["space"])
+        if "=" not in when:
+            raise PlateauError(f"conditional_params.{key}.when={when} must read param=value")
+        parent, expected = (part.strip() for part in when.split("=", 1))
+        if parent not in space.distributions:
+            raise PlateauError(f"conditional_params.{key}.when names {parent}, which is not a "
+                               "searched param: add it to hydra.sweeper.params")
+        (override,) = _parse([f"{key}={expression}"])
+        distribution = to_distribution(override)
+        if not isinstance(distribution, BaseDistribution):
+            raise PlateauError(f"conditional_params.{key}.space={expression} is not a sweep")
+        space.conditional[key] = (parent, expected, distribution)
+    if not space.distributions:
+        raise PlateauError("the search space is empty: give hydra.sweeper.params (see "
+                           "conf/search/default.yaml) or sweep a key on the command line")
+    return space
+
+
+def grid_choices(space: SearchSpace) -> dict[str, list[Any]]:
+    """Every value of every param, for Optuna's GridSampler (discrete spaces only)."""
+    grid: dict[str, list[Any]] = {}
+    for key, dist in space.distributions.items():
+        if isinstance(dist, CategoricalDistribution):
+            grid[key] = list(dist.choices)
+        elif isinstance(dist, IntDistribution) and not dist.log:
+            grid[key] = list(range(dist.low, dist.high + 1, dist.step))
+        elif isinstance(dist, FloatDistribution) and dist.step is not None:
+            count = round((dist.high - dist.low) / dist.step) + 1
+            grid[key] = [dist.low + i * dist.step for i in range(count)]
+        else:
+            raise PlateauError(f"sampler=grid needs discrete params, but {key} is continuous: "
+                               "use choice(...) or range(...), or another sampler")
+    if space.conditional:
+        raise PlateauError("sampler=grid cannot sample conditional_params: drop them or use "
+                           "another sampler")
+    return grid

@@ -1,0 +1,60 @@
+"""Where a study lives: the storage URL, its default, and how it is shown to people."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+
+from sweeps.errors import PlateauError
+from sweeps.tracking import launch_dir
+
+DEFAULT_STORAGE_FILE = "plateau.db"
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]+:)(?P<password>[^@/]*)@")
+
+
+def mask_password(text: str) -> str:
+    """Replace the password of every ``scheme://user:password@host`` in ``text`` by ``***``."""
+    return _PASSWORD.sub(lambda m: f"{m['head']}***@", text)
+
+
+def resolve_storage_url(storage: str | None) -> str:
+    """The study's storage URL; None means ``sqlite:///<launch dir>/plateau.db``.
+
+    The default lies outside Hydra's timestamped multirun folder, so re-running the same
+    command finds and continues the same study. A relative ``sqlite:///file.db`` is anchored
+    at the launch directory; ``journal:///path/file.log`` selects Optuna's journal file
+    storage (no server; NFS-friendly).
+    """
+    if storage is None:
+        return f"sqlite:///{launch_dir() / DEFAULT_STORAGE_FILE}"
+    for prefix in ("sqlite:///", "journal:///"):
+        if storage.startswith(prefix) and not Path(storage[len(prefix):]).is_absolute():
+            return prefix + str(launch_dir() / storage[len(prefix):])
+    return storage
+
+
+def open_storage(url: str) -> str | BaseStorage:
+    """What ``optuna.create_study(storage=...)`` takes for ``url``."""
+    if url.startswith("journal:///"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path("/" + url[len("journal:///"):].lstrip("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def load_study(url: str, study_name: str, pruner: Any = None) -> optuna.Study:
+    """Load an existing study (the pruner is not stored: pass the sweep's own)."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(url), pruner=pruner)
+    except KeyError as err:
+        raise PlateauError(f"no study '{study_name}' in {mask_password(url)}: check "
+                           "hydra.sweeper.study_name and hydra.sweeper.storage") from err

@@ -1,0 +1,80 @@
+"""MLflow's view of a study: one parent run, the trials' runs nested under it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps import study_trial, tracking
+from sweeps.storage import mask_password
+
+log = logging.getLogger(__name__)
+
+
+def _name(obj: Any) -> str:
+    func = getattr(obj, "func", None)  # a partial (grid sampler)
+    return type(obj).__name__ if func is None else func.__name__
+
+
+@dataclass
+class StudyRun:
+    """The study's parent run (absent with ``logger=none``)."""
+
+    client: Any
+    run_id: str | None
+
+    @classmethod
+    def open(cls, cfg: DictConfig, study: optuna.Study, url: str, sampler: Any,
+             pruner: Any) -> StudyRun:
+        """Create the parent run, or reopen the one a previous sweep of this study made."""
+        found = tracking.tracking_client(cfg)
+        if found is None:
+            return cls(None, None)
+        client, experiment_id = found
+        run_id = study.user_attrs.get(tracking.STUDY_RUN_ATTR)
+        if run_id:
+            client.update_run(run_id, status="RUNNING")
+        else:
+            run = client.create_run(experiment_id, run_name=f"study-{study.study_name}", tags={
+                "plateau.study": study.study_name,
+                "plateau.storage": mask_password(url),
+                "plateau.sampler": _name(sampler),
+                "plateau.pruner": _name(pruner),
+                "plateau.direction": study.direction.name.lower(),
+            })
+            run_id = run.info.run_id
+            study.set_user_attr(tracking.STUDY_RUN_ATTR, run_id)
+        return cls(client, run_id)
+
+    def end_child(self, trial: FrozenTrial, status: str) -> None:
+        """Terminate the run of a trial the sweep found dead, so it is not left RUNNING."""
+        run_id = trial.user_attrs.get(study_trial.ATTR_RUN_ID)
+        if self.client is None or not run_id:
+            return
+        self.client.set_tag(run_id, "plateau.state", "FAIL")
+        self.client.set_tag(run_id, "plateau.interrupted", "true")
+        self.client.set_terminated(run_id, status=status)
+
+    def close(self, study: optuna.Study, status: str) -> None:
+        """Log counts by state and the best trial, and end the parent run with ``status``."""
+        if self.client is None or self.run_id is None:
+            return
+        trials = study.get_trials(deepcopy=False)
+        counts = Counter(t.state.name for t in trials)
+        for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING"):
+            self.client.log_metric(self.run_id, f"trials_{state.lower()}", counts.get(state, 0))
+        completed = [t for t in trials if t.state == TrialState.COMPLETE]
+        if completed:
+            best = study.best_trial
+            self.client.log_metric(self.run_id, "best_value", float(best.value))
+            self.client.set_tag(self.run_id, "plateau.best_trial", str(best.number))
+            self.client.set_tag(self.run_id, "plateau.best_params",
+                                json.dumps(best.params, default=str)[:5000])
+        self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,168 @@
+"""The job side of a sweep: one Hydra job = one Optuna trial, possibly in another process.
+
+The sweeper asks the study for a trial and passes its id as ``trial_id=N``. The job rebuilds
+the live trial from the shared storage (``optuna.trial.Trial(study, N)``), reports its
+validation loss each epoch, stops when the pruner says so, and tells the study how the trial
+ended. Launchers that run jobs elsewhere (joblib, submitit, SLURM) therefore prune exactly
+like the in-process basic launcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+
+import lightning.pytorch as pl
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from sweeps import tracking
+from sweeps.pruning import StagnationPruner, aligned
+from sweeps.storage import load_study, resolve_storage_url
+from sweeps.trial import best_objective, prepare_trial
+
+log = logging.getLogger(__name__)
+
+#: Trial user attributes written by plateau (also read by the sweeper and reports).
+ATTR_ERROR = "error"
+ATTR_PRUNE_REASON = "prune_reason"
+ATTR_STOPPED_EPOCH = "stopped_epoch"
+ATTR_INTERRUPTED = "interrupted"
+ATTR_HEARTBEAT = "heartbeat"
+ATTR_OWNER = "owner"
+ATTR_RUN_ID = "mlflow_run_id"
+ATTR_OVERRIDES = "overrides"
+ATTR_OBJECTIVE = "best_objective"
+
+
+def owner_id() -> str:
+    """``host:pid`` of this process, to tell live trials from those of a killed sweep."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TrialReporter(pl.Callback):
+    """Report ``monitor`` to the Optuna trial each epoch and stop the fit when told.
+
+    Ends the fit (``trainer.should_stop``) when the value is NaN/inf (pruned at once), when
+    the pruner prunes, or when a :class:`StagnationPruner` sees a stagnating but competitive
+    trial (stopped early, later told COMPLETE).
+    """
+
+    def __init__(self, study: optuna.Study, trial: optuna.trial.Trial, monitor: str) -> None:
+        self.study = study
+        self.trial = trial
+        self.monitor = monitor
+        self.pruned = False
+        self.reason: str | None = None
+        self.stopped_epoch: int | None = None
+        self._values: dict[int, float] = {}
+
+    def _stop(self, trainer: pl.Trainer, pruned: bool, reason: str) -> None:
+        self.pruned, self.reason = pruned, reason
+        self.stopped_epoch = trainer.current_epoch
+        trainer.should_stop = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.trial.set_user_attr(ATTR_HEARTBEAT, time.time())
+        metric = trainer.callback_metrics.get(self.monitor)
+        if metric is None:
+            return
+        epoch, value = trainer.current_epoch, float(metric)
+        if not math.isfinite(value):
+            self._stop(trainer, True, f"{self.monitor} is {value} at epoch {epoch}: diverged")
+            return
+        reported = aligned(value, self.study.direction)
+        self._values[epoch] = reported
+        self.trial.report(reported, epoch)
+        if self.trial.should_prune():
+            self._stop(trainer, True, f"pruned by {type(self.study.pruner).__name__} at epoch "
+                                      f"{epoch}: {self.monitor} stalled or below the median")
+            return
+        pruner = self.study.pruner
+        if isinstance(pruner, StagnationPruner) and pruner.stagnates(
+                [self._values[e] for e in sorted(self._values)], self.study.direction):
+            self._stop(trainer, False, f"{self.monitor} stopped improving at epoch {epoch} "
+                                       "(competitive: completed early)")
+
+
+def _sweeper_study(trial_id: int) -> tuple[optuna.Study, optuna.trial.Trial, DictConfig]:
+    sweeper = HydraConfig.get().sweeper
+    study = load_study(resolve_storage_url(sweeper.storage), sweeper.study_name,
+                       pruner=instantiate(sweeper.pruner))
+    return study, optuna.trial.Trial(study, trial_id), sweeper
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return f"{type(err).__name__}: {text}"[:500]
+
+
+def run_study_trial(cfg: DictConfig) -> float:
+    """Run the job of trial ``cfg.trial_id`` and tell the study its outcome.
+
+    A trial that raises is told FAIL with its error as the ``error`` user attribute (and
+    MLflow tag); the job itself returns NaN instead of raising, so the sweep goes on. An
+    interrupt (Ctrl-C) marks the trial FAIL with ``interrupted`` and propagates.
+    """
+    study, trial, sweeper = _sweeper_study(int(cfg.trial_id))
+    trial.set_user_attr(ATTR_OWNER, owner_id())
+    trial.set_user_attr(ATTR_HEARTBEAT, time.time())
+    reporter = TrialReporter(study, trial, sweeper.monitor)
+    tags = {"plateau.trial_number": str(trial.number), "plateau.study": study.study_name}
+    parent = study.user_attrs.get(tracking.STUDY_RUN_ATTR)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    logger = None
+    try:
+        prepared = prepare_trial(cfg, callbacks=[reporter], tags=tags)
+        logger = prepared.logger
+        if logger is not None:
+            trial.set_user_attr(ATTR_RUN_ID, logger.run_id)
+        prepared.trainer.fit(prepared.model, datamodule=prepared.datamodule)
+        if prepared.trainer.interrupted:
+            raise KeyboardInterrupt
+    except (KeyboardInterrupt, SystemExit):
+        trial.set_user_attr(ATTR_INTERRUPTED, True)
+        study.tell(trial, state=TrialState.FAIL)
+        tracking.end_trial_run(logger, "FAIL", {"plateau.interrupted": "true"}, "KILLED")
+        raise KeyboardInterrupt from None
+    except Exception as err:  # a failing trial must not end the sweep
+        message = _one_line(err)
+        log.error("trial %d failed: %s", trial.number, message)
+        trial.set_user_attr(ATTR_ERROR, message)
+        study.tell(trial, state=TrialState.FAIL)
+        tracking.end_trial_run(logger, "FAIL", {"plateau.error": message}, "FAILED")
+        return float("nan")
+    return _tell_outcome(study, trial, reporter, prepared.model, logger)
+
+
+def _tell_outcome(study: optuna.Study, trial: optuna.trial.Trial, reporter: TrialReporter,
+                  model: pl.LightningModule, logger) -> float:
+    value = best_objective(model) if model.best_objective.update_count else float("nan")
+    if math.isfinite(value):
+        trial.set_user_attr(ATTR_OBJECTIVE, value)
+    tags: dict[str, str] = {}
+    if reporter.reason:
+        trial.set_user_attr(ATTR_PRUNE_REASON, reporter.reason)
+        trial.set_user_attr(ATTR_STOPPED_EPOCH, reporter.stopped_epoch)
+        tags = {"plateau.stop_reason": reporter.reason,
+                "plateau.stopped_epoch": str(reporter.stopped_epoch)}
+    if reporter.pruned or not math.isfinite(value):
+        study.tell(trial, state=TrialState.PRUNED)
+        state = "PRUNED"
+    else:
+        study.tell(trial, value)
+        state = "COMPLETE"
+    if logger is not None and math.isfinite(value):
+        tracking.log_objective(logger, value)
+    tracking.end_trial_run(logger, state, tags, None)
+    log.info("trial %d %s, %s_best = %.4f", trial.number, state, model.objective, value)
+    return value
