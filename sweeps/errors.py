@@ -22,15 +22,22 @@ class PlateauError(Exception):
     """
 
 
+def report_user_error(err: PlateauError) -> None:
+    """Print ``err`` as plateau's one-line error."""
+    console.print(f"[bold red]plateau: error:[/] {err}", soft_wrap=True)
+
+
 def exit_on_user_error(func: Callable[..., T]) -> Callable[..., T]:
     """Turn a :class:`PlateauError` raised by ``func`` into a one-line message and exit code 2."""
 
+    # The wrapper is pickled by value when a launcher (joblib, submitit) ships the task to
+    # another process: it must reference only importable names, never the console itself.
     @functools.wraps(func)
     def wrapper(*args: object, **kwargs: object) -> T:
         try:
             return func(*args, **kwargs)
         except PlateauError as err:
-            console.print(f"[bold red]plateau: error:[/] {err}", soft_wrap=True)
+            report_user_error(err)
             sys.exit(2)
 
     return wrapper

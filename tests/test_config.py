@@ -9,9 +9,9 @@ import pytest
 import timm.data
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import CONF, compose_config
