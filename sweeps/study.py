@@ -74,17 +74,6 @@ class StudySweeper:
                  params: DictConfig | None, custom_search_space: str | None,
                  conditional_params: DictConfig | None, monitor: str,
                  heartbeat_timeout_s: float) -> None:
-        if n_trials <= 0:
-            raise PlateauError(f"hydra.sweeper.n_trials={n_trials}: the study's budget must be "
-                               "at least 1 trial")
-        if n_jobs <= 0:
-            raise PlateauError(f"hydra.sweeper.n_jobs={n_jobs} must be at least 1")
-        if not 0.0 <= max_failure_rate <= 1.0:
-            raise PlateauError(f"hydra.sweeper.max_failure_rate={max_failure_rate} must be "
-                               "between 0 and 1")
-        if direction not in DIRECTIONS:
-            raise PlateauError(f"hydra.sweeper.direction={direction} must be maximize or "
-                               "minimize (plateau optimizes one objective)")
         self.sampler = sampler
         self.pruner = pruner
         self.direction = str(direction)
@@ -100,6 +89,7 @@ class StudySweeper:
         self.monitor = monitor
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.job_idx = 0
+        self._in_flight: list[int] = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -110,6 +100,19 @@ class StudySweeper:
         self.sweep_dir = str(config.hydra.sweep.dir)
 
     # -- study ---------------------------------------------------------------------------
+
+    def _check_settings(self) -> None:
+        if self.n_trials <= 0:
+            raise PlateauError(f"hydra.sweeper.n_trials={self.n_trials}: the study's budget "
+                               "must be at least 1 trial")
+        if self.n_jobs <= 0:
+            raise PlateauError(f"hydra.sweeper.n_jobs={self.n_jobs} must be at least 1")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise PlateauError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be "
+                               "between 0 and 1")
+        if self.direction not in DIRECTIONS:
+            raise PlateauError(f"hydra.sweeper.direction={self.direction} must be maximize or "
+                               "minimize (plateau optimizes one objective)")
 
     def _check_objective(self) -> None:
         objective = OmegaConf.select(self.config, "objective.direction")
@@ -141,22 +144,24 @@ class StudySweeper:
             raise PlateauError(f"cannot open the study storage {mask_password(url)} ({first}): "
                                "check hydra.sweeper.storage") from err
 
-    def _recover_stale(self, study: optuna.Study, run: StudyRun) -> None:
-        """Fail trials left RUNNING by a dead sweep and queue their params again."""
+    def _recover_stale(self, study: optuna.Study, run: StudyRun,
+                       own: Sequence[int] = ()) -> None:
+        """Fail trials left RUNNING by a dead sweep (or ``own`` ones) and queue them again."""
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = trial.user_attrs.get(study_trial.ATTR_OWNER, "")
             alive = _owner_alive(owner) if owner else False
             beat = trial.user_attrs.get(study_trial.ATTR_HEARTBEAT, 0.0)
-            if alive or (alive is None and now - beat < self.heartbeat_timeout_s):
+            stale = not alive and (alive is not None or now - beat >= self.heartbeat_timeout_s)
+            if not stale and trial._trial_id not in own:
                 continue
             study._storage.set_trial_user_attr(trial._trial_id, study_trial.ATTR_INTERRUPTED,
                                                True)
             study.tell(trial.number, state=TrialState.FAIL)
             run.end_child(trial, "KILLED")
             study.enqueue_trial(trial.params, skip_if_exists=False)
-            log.warning("trial %d was left RUNNING by a stopped sweep: marked failed, its "
-                        "params queued again", trial.number)
+            log.warning("trial %d was cut off by a stopped sweep: marked failed, its params "
+                        "queued again", trial.number)
 
     # -- trials --------------------------------------------------------------------------
 
@@ -181,6 +186,7 @@ class StudySweeper:
 
     def _launch(self, study: optuna.Study, space: SearchSpace, count: int) -> list[FrozenTrial]:
         trials = [study.ask() for _ in range(count)]
+        self._in_flight = [t._trial_id for t in trials]
         batch = [(*self._suggest(t, space), f"trial_id={t._trial_id}") for t in trials]
         returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
         self.job_idx += len(returns)
@@ -198,6 +204,7 @@ class StudySweeper:
         return ended
 
     def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
+        self._check_settings()
         self._check_objective()
         space = parse_search_space(self.params, arguments, self.conditional)
         url = resolve_storage_url(self.storage)
@@ -213,7 +220,7 @@ class StudySweeper:
             self._loop(study, space)
         except KeyboardInterrupt:
             status = "KILLED"
-            self._recover_stale(study, run)
+            self._recover_stale(study, run, own=self._in_flight)
             console.print("[yellow]plateau: sweep interrupted; re-run the same command to "
                           "continue the study[/]")
             raise

@@ -8,6 +8,7 @@ actually starts. Keys and search-space grammar follow hydra-optuna-sweeper (``sa
 ``override /hydra/sweeper: plateau``.
 """
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -15,6 +16,10 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import MISSING, DictConfig
+
+# TPE's `group` and `constant_liar` are what make conditional spaces and parallel workers
+# sample well; Optuna flags them experimental on every construction.
+warnings.filterwarnings("ignore", message=r"Argument ``(group|constant_liar)`` is an experimental")
 
 
 @dataclass
@@ -178,4 +183,15 @@ class PlateauSweeper(Sweeper):
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        return self._impl.sweep(arguments)
+        """Run the study; user mistakes end it with one line (exit 2), Ctrl-C with exit 130."""
+        import sys
+
+        from sweeps.errors import PlateauError, report_user_error
+
+        try:
+            return self._impl.sweep(arguments)
+        except PlateauError as err:
+            report_user_error(err)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            sys.exit(130)
