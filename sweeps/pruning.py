@@ -68,4 +68,4 @@ class StagnationPruner(BasePruner):
         values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
         if not self.stagnates(values, study.direction):
             return False
-        return self._median.prune(study, trial)
+        return bool(self._median.prune(study, trial))

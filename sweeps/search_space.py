@@ -4,7 +4,7 @@
 ``key: choice(a, b)`` / ``a,b``    categorical over the values
 ``key: range(a, b, step=s)``       ints (or floats) ``a, a+s, …`` below ``b``, as Hydra's
                                    ``range`` (stop excluded; hydra-optuna-sweeper included it)
-``key: interval(a, b)``            uniform float in [a, b] (int if both ends are ints)
+``key: interval(a, b)``            uniform float in [a, b]; ``int(interval(a, b))`` for ints
 ``key: tag(log, interval(a, b))``  log-uniform
 ``key: value``                     fixed: the same override for every trial
 =================================  ==============================================
@@ -15,8 +15,10 @@ text, e.g. ``freeze.milestones: choice([1,2],[2,4])``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -54,6 +56,10 @@ class SearchSpace:
 
 def _choice_values(override: Override) -> list[Any]:
     values = []
+    # shuffle() only reorders Hydra's basic sweep; Optuna samples, and a resumed study needs
+    # the same choices in the same order
+    unshuffled = dataclasses.replace(override.value(), shuffle=False)
+    override = dataclasses.replace(override, _value=unshuffled)
     for value in override.sweep_iterator(transformer=Transformer.encode):
         values.append(value if isinstance(value, _PRIMITIVE) else str(value))
     return values
@@ -66,10 +72,13 @@ def _range_distribution(key: str, sweep: RangeSweep) -> BaseDistribution:
     if step is None or step <= 0 or stop <= start:
         raise PlateauError(f"{key}: range({start}, {stop}, step={step}) is empty: it needs "
                            "start < stop and a positive step")
-    count = math.ceil((stop - start) / step)  # Hydra's range excludes stop
     if all(isinstance(v, int) for v in (start, stop, step)):
+        count = math.ceil((stop - start) / step)  # Hydra's range excludes stop
         return IntDistribution(int(start), int(start + (count - 1) * step), step=int(step))
-    return FloatDistribution(float(start), float(start + (count - 1) * step), step=float(step))
+    d_start, d_stop, d_step = (Decimal(str(v)) for v in (start, stop, step))
+    count = math.ceil((d_stop - d_start) / d_step)
+    return FloatDistribution(float(start), float(d_start + (count - 1) * d_step),
+                             step=float(step))
 
 
 def _interval_distribution(key: str, sweep: IntervalSweep) -> BaseDistribution:
@@ -80,7 +89,7 @@ def _interval_distribution(key: str, sweep: IntervalSweep) -> BaseDistribution:
     if low >= high or (log and low <= 0):
         raise PlateauError(f"{key}: interval({low}, {high}) needs low < high"
                            + (" and low > 0 for tag(log, ...)" if log else ""))
-    if isinstance(low, int) and isinstance(high, int):
+    if isinstance(low, int) and isinstance(high, int):  # int(interval(a, b))
         return IntDistribution(low, high, log=log)
     return FloatDistribution(float(low), float(high), log=log)
 
@@ -105,14 +114,19 @@ def to_distribution(override: Override) -> BaseDistribution | str:
 
 
 def _parse(lines: list[str]) -> list[Override]:
-    try:
-        return OverridesParser.create().parse_overrides(lines)
-    except HydraException as err:
-        first = str(err).strip().splitlines()[0]
-        raise PlateauError(
-            f"invalid search space ({first}): write choice(a, b), range(a, b, step=s), "
-            "interval(a, b) or tag(log, interval(a, b))"
-        ) from err
+    parser = OverridesParser.create()
+    overrides = []
+    for line in lines:
+        try:
+            overrides.append(parser.parse_override(line))
+        except HydraException as err:
+            first = str(err).strip().splitlines()[0]
+            key = line.split("=", 1)[0]
+            raise PlateauError(
+                f"{key}: invalid search space {line!r} ({first}): write choice(a, b), "
+                "range(a, b, step=s), interval(a, b) or tag(log, interval(a, b))"
+            ) from err
+    return overrides
 
 
 def parse_search_space(params: dict[str, Any] | None, arguments: list[str],

@@ -178,7 +178,7 @@ class StudySweeper:
             raise PlateauError(f"{', '.join(sorted(overlap))} is both searched and fixed: "
                                "keep one")
         overrides = [f"{k}={_override_value(v)}" for k, v in trial.params.items()]
-        overrides += [f"{k}={v}" for k, v in space.fixed.items()]
+        overrides += [f"{k}={_override_value(v)}" for k, v in space.fixed.items()]
         trial.set_user_attr(study_trial.ATTR_OVERRIDES, overrides)
         trial.set_user_attr(study_trial.ATTR_OWNER, study_trial.owner_id())
         trial.set_user_attr(study_trial.ATTR_HEARTBEAT, time.time())
