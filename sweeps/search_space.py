@@ -58,7 +58,9 @@ def _choice_values(override: Override) -> list[Any]:
     values = []
     # shuffle() only reorders Hydra's basic sweep; Optuna samples, and a resumed study needs
     # the same choices in the same order
-    unshuffled = dataclasses.replace(override.value(), shuffle=False)
+    sweep = override.value()
+    assert isinstance(sweep, (ChoiceSweep, RangeSweep))
+    unshuffled = dataclasses.replace(sweep, shuffle=False)
     override = dataclasses.replace(override, _value=unshuffled)
     for value in override.sweep_iterator(transformer=Transformer.encode):
         values.append(value if isinstance(value, _PRIMITIVE) else str(value))

@@ -21,6 +21,7 @@ from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from sweeps import report, study_trial
@@ -40,6 +41,12 @@ def is_finished(trial: FrozenTrial) -> bool:
         return True
     return trial.state == TrialState.FAIL and not trial.user_attrs.get(
         study_trial.ATTR_INTERRUPTED, False)
+
+
+def _plain(node: DictConfig | None) -> dict[str, Any]:
+    container = OmegaConf.to_container(node) if node else {}
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}
 
 
 def _override_value(value: Any) -> str:
@@ -82,8 +89,8 @@ class StudySweeper:
         self.n_trials = n_trials
         self.n_jobs = n_jobs
         self.max_failure_rate = max_failure_rate
-        self.params = OmegaConf.to_container(params) if params else {}
-        self.conditional = OmegaConf.to_container(conditional_params) if conditional_params else {}
+        self.params: dict[str, Any] = _plain(params)
+        self.conditional: dict[str, Any] = _plain(conditional_params)
         self.custom_search_space: Callable[[DictConfig, Trial], None] | None = (
             get_method(custom_search_space) if custom_search_space else None)
         self.monitor = monitor
@@ -135,7 +142,8 @@ class StudySweeper:
         try:
             return optuna.create_study(study_name=self.study_name, storage=open_storage(url),
                                        sampler=sampler, pruner=self.pruner,
-                                       direction=self.direction, load_if_exists=True)
+                                       direction=StudyDirection[self.direction.upper()],
+                                       load_if_exists=True)
         except ValueError as err:  # e.g. an existing study with another direction
             raise PlateauError(f"study '{self.study_name}' in {mask_password(url)}: {err}; "
                                "use another hydra.sweeper.study_name") from err

@@ -73,7 +73,7 @@ class StudyRun:
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
         if completed:
             best = study.best_trial
-            self.client.log_metric(self.run_id, "best_value", float(best.value))
+            self.client.log_metric(self.run_id, "best_value", float(best.values[0]))
             self.client.set_tag(self.run_id, "plateau.best_trial", str(best.number))
             self.client.set_tag(self.run_id, "plateau.best_params",
                                 json.dumps(best.params, default=str)[:5000])

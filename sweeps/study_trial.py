@@ -19,9 +19,11 @@ import lightning.pytorch as pl
 import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
+from lightning_modules.classifier import ImageClassifier
 from sweeps import tracking
 from sweeps.pruning import StagnationPruner, aligned
 from sweeps.storage import load_study, resolve_storage_url
@@ -145,7 +147,7 @@ def run_study_trial(cfg: DictConfig) -> float:
 
 
 def _tell_outcome(study: optuna.Study, trial: optuna.trial.Trial, reporter: TrialReporter,
-                  model: pl.LightningModule, logger) -> float:
+                  model: ImageClassifier, logger: MLFlowLogger | None) -> float:
     value = best_objective(model) if model.best_objective.update_count else float("nan")
     if math.isfinite(value):
         trial.set_user_attr(ATTR_OBJECTIVE, value)
