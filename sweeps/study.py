@@ -163,11 +163,8 @@ class StudySweeper:
             stale = not alive and (alive is not None or now - beat >= self.heartbeat_timeout_s)
             if not stale and trial._trial_id not in own:
                 continue
-            study._storage.set_trial_user_attr(trial._trial_id, study_trial.ATTR_INTERRUPTED,
-                                               True)
-            study.tell(trial.number, state=TrialState.FAIL)
+            study_trial.abandon(study, trial)
             run.end_child(trial, "KILLED")
-            study.enqueue_trial(trial.params, skip_if_exists=False)
             log.warning("trial %d was cut off by a stopped sweep: marked failed, its params "
                         "queued again", trial.number)
 
@@ -264,7 +261,4 @@ class StudySweeper:
                 continue
             self._launch(study, space, min(self.n_jobs, todo))
 
-
-def trial_overrides(trial: FrozenTrial) -> Sequence[str]:
-    return list(trial.user_attrs.get(study_trial.ATTR_OVERRIDES, []))
 

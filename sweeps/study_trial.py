@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from lightning_modules.classifier import ImageClassifier
 from sweeps import tracking
@@ -95,6 +95,16 @@ class TrialReporter(pl.Callback):
                                        "(competitive: completed early)")
 
 
+def abandon(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Fail a trial cut off by an interrupted or killed sweep and queue its params again.
+
+    Marked ``interrupted``, it does not count toward ``n_trials``; the re-queued trial does.
+    """
+    study._storage.set_trial_user_attr(trial._trial_id, ATTR_INTERRUPTED, True)
+    study.tell(trial.number, state=TrialState.FAIL)
+    study.enqueue_trial(trial.params, skip_if_exists=False)
+
+
 def _sweeper_study(trial_id: int) -> tuple[optuna.Study, optuna.trial.Trial, DictConfig]:
     sweeper = HydraConfig.get().sweeper
     study = load_study(resolve_storage_url(sweeper.storage), sweeper.study_name,
@@ -132,8 +142,7 @@ def run_study_trial(cfg: DictConfig) -> float:
         if prepared.trainer.interrupted:
             raise KeyboardInterrupt
     except (KeyboardInterrupt, SystemExit):
-        trial.set_user_attr(ATTR_INTERRUPTED, True)
-        study.tell(trial, state=TrialState.FAIL)
+        abandon(study, study._storage.get_trial(trial._trial_id))
         tracking.end_trial_run(logger, "FAIL", {"plateau.interrupted": "true"}, "KILLED")
         raise KeyboardInterrupt from None
     except Exception as err:  # a failing trial must not end the sweep
