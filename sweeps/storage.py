@@ -13,7 +13,9 @@ from sweeps.errors import PlateauError
 from sweeps.tracking import launch_dir
 
 DEFAULT_STORAGE_FILE = "plateau.db"
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]+:)(?P<password>[^@/]*)@")
+#: The study of ``study_name: null`` (as lightning-hydra-template files have it).
+DEFAULT_STUDY_NAME = "plateau"
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@")
 
 
 def mask_password(text: str) -> str:

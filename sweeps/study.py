@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from sweeps import report, study_trial
 from sweeps.errors import PlateauError, console
 from sweeps.search_space import SearchSpace, grid_choices, parse_search_space
-from sweeps.storage import mask_password, open_storage, resolve_storage_url
+from sweeps.storage import DEFAULT_STUDY_NAME, mask_password, open_storage, resolve_storage_url
 from sweeps.study_runs import StudyRun
 
 log = logging.getLogger(__name__)
@@ -79,18 +79,21 @@ class StudySweeper:
     def __init__(self, sampler: Any, pruner: Any, direction: Any, storage: str | None,
                  study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
                  params: DictConfig | None, custom_search_space: str | None,
-                 conditional_params: DictConfig | None, monitor: str,
-                 heartbeat_timeout_s: float) -> None:
+                 conditional_params: DictConfig | None, default_space: DictConfig | None,
+                 monitor: str, heartbeat_timeout_s: float) -> None:
         self.sampler = sampler
         self.pruner = pruner
         self.direction = str(direction)
         self.storage = storage
-        self.study_name = study_name or "plateau"
+        self.study_name = study_name or DEFAULT_STUDY_NAME
         self.n_trials = n_trials
         self.n_jobs = n_jobs
         self.max_failure_rate = max_failure_rate
-        self.params: dict[str, Any] = _plain(params)
-        self.conditional: dict[str, Any] = _plain(conditional_params)
+        # The user's params replace the default space (and its conditionals) entirely.
+        default = default_space if params is None and default_space is not None else None
+        self.params: dict[str, Any] = _plain(params if default is None else default.params)
+        self.conditional: dict[str, Any] = _plain(
+            conditional_params if default is None else default.conditional_params)
         self.custom_search_space: Callable[[DictConfig, Trial], None] | None = (
             get_method(custom_search_space) if custom_search_space else None)
         self.monitor = monitor
@@ -148,7 +151,7 @@ class StudySweeper:
             raise PlateauError(f"study '{self.study_name}' in {mask_password(url)}: {err}; "
                                "use another hydra.sweeper.study_name") from err
         except Exception as err:
-            first = " ".join(str(err).split())[:200]
+            first = mask_password(" ".join(str(err).split()))[:200]
             raise PlateauError(f"cannot open the study storage {mask_password(url)} ({first}): "
                                "check hydra.sweeper.storage") from err
 

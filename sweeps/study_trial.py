@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lightning_modules.classifier import ImageClassifier
 from sweeps import tracking
 from sweeps.pruning import StagnationPruner, aligned
-from sweeps.storage import load_study, resolve_storage_url
+from sweeps.storage import DEFAULT_STUDY_NAME, load_study, resolve_storage_url
 from sweeps.trial import best_objective, prepare_trial
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,8 @@ def abandon(study: optuna.Study, trial: FrozenTrial) -> None:
 
 def _sweeper_study(trial_id: int) -> tuple[optuna.Study, optuna.trial.Trial, DictConfig]:
     sweeper = HydraConfig.get().sweeper
-    study = load_study(resolve_storage_url(sweeper.storage), sweeper.study_name,
-                       pruner=instantiate(sweeper.pruner))
+    study = load_study(resolve_storage_url(sweeper.storage),
+                       sweeper.study_name or DEFAULT_STUDY_NAME, pruner=instantiate(sweeper.pruner))
     return study, optuna.trial.Trial(study, trial_id), sweeper
 
 

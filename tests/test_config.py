@@ -67,8 +67,8 @@ def test_option_composes_and_instantiates(group: str, option: str, image_root: P
     cfg = compose_config(overrides, keep_hydra=group == "search")
     if group == "search":
         sweeper = cfg.hydra.sweeper
-        space = parse_search_space(OmegaConf.to_container(sweeper.params), [],
-                                   OmegaConf.to_container(sweeper.conditional_params))
+        space = parse_search_space(OmegaConf.to_container(sweeper.default_space.params), [],
+                                   OmegaConf.to_container(sweeper.default_space.conditional_params))
         assert space.distributions
         return
     node = cfg[group]

@@ -129,6 +129,14 @@ class ConditionalParamConf:
 
 
 @dataclass
+class SpaceConf:
+    """A search space: hydra-optuna-sweeper's ``params`` plus plateau's conditional params."""
+
+    params: Dict[str, str] = field(default_factory=dict)
+    conditional_params: Dict[str, ConditionalParamConf] = field(default_factory=dict)
+
+
+@dataclass
 class PlateauSweeperConf:
     _target_: str = "hydra_plugins.plateau_sweeper.plateau_sweeper.PlateauSweeper"
     defaults: List[Any] = field(
@@ -144,10 +152,13 @@ class PlateauSweeperConf:
     n_trials: int = 20
     n_jobs: int = 1
     max_failure_rate: float = 0.0
+    # The search space; when null, default_space (set by conf/search/<name>.yaml) is used,
+    # so an hparams_search file's params replace plateau's default search entirely.
     params: Optional[Dict[str, str]] = None
     custom_search_space: Optional[str] = None
     # plateau extensions
     conditional_params: Dict[str, ConditionalParamConf] = field(default_factory=dict)
+    default_space: SpaceConf = field(default_factory=SpaceConf)
     # the val/* metric reported to the pruner each epoch (minimized, e.g. val/loss)
     monitor: str = "val/loss"
     # RUNNING trials of another host whose heartbeat is older than this are stale
