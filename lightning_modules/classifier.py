@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MetricCollection, MinMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -39,7 +40,9 @@ class ImageClassifier(pl.LightningModule):
     """Backbone features -> dropout -> linear head, trained with (weighted) cross-entropy.
 
     Logs ``train/{loss,acc,balanced_acc,f1_macro}`` and the same under ``val/`` once per epoch,
-    plus ``<objective>_best``, the best value of the objective metric so far.
+    plus ``<objective>_best``, the best value of the objective metric so far. ``train/loss`` is
+    the training criterion (class weights, label smoothing); ``val/loss`` is plain
+    cross-entropy, comparable across trials.
 
     Args:
         backbone: a feature extractor with ``num_features`` (a headless timm model).
@@ -88,7 +91,10 @@ class ImageClassifier(pl.LightningModule):
               stage: str) -> torch.Tensor:
         images, targets = batch
         logits = self(images)
-        loss = self.criterion(logits, targets)
+        # Validation loss is plain cross-entropy: label smoothing and class weights would give
+        # every trial its own loss scale, and the pruner compares trials by this value.
+        loss = (self.criterion(logits, targets) if stage == "train"
+                else F.cross_entropy(logits, targets))
         metrics.update(logits, targets)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val",
                  batch_size=targets.shape[0])

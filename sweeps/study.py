@@ -217,6 +217,8 @@ class StudySweeper:
         space = parse_search_space(self.params, arguments, self.conditional)
         url = resolve_storage_url(self.storage)
         study = self._create_study(space, url)
+        if study.trials:  # a resumed study: do not replay the first sweep's seeded draws
+            study.sampler.reseed_rng()
         run = StudyRun.open(self.config, study, url, self.sampler, self.pruner)
         console.print(f"study '{self.study_name}' in {mask_password(url)}: budget "
                       f"{self.n_trials} finished trials, {sum(map(is_finished, study.trials))} "

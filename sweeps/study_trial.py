@@ -150,9 +150,24 @@ def run_study_trial(cfg: DictConfig) -> float:
         log.error("trial %d failed: %s", trial.number, message)
         trial.set_user_attr(ATTR_ERROR, message)
         study.tell(trial, state=TrialState.FAIL)
-        tracking.end_trial_run(logger, "FAIL", {"plateau.error": message}, "FAILED")
+        if logger is None or logger._run_id is None:  # failed before its run existed
+            _record_failed_run(study, trial, cfg, tags, message)
+        else:
+            tracking.end_trial_run(logger, "FAIL", {"plateau.error": message}, "FAILED")
         return float("nan")
     return _tell_outcome(study, trial, reporter, prepared.model, logger)
+
+
+def _record_failed_run(study: optuna.Study, trial: optuna.trial.Trial, cfg: DictConfig,
+                       tags: dict[str, str], message: str) -> None:
+    try:
+        run_id = tracking.record_failed_run(cfg, tags, message)
+    except Exception as err:  # the trial's FAIL is recorded in the study either way
+        log.warning("trial %d: no MLflow run recorded for its failure (%s)", trial.number,
+                    _one_line(err))
+        return
+    if run_id:
+        study._storage.set_trial_user_attr(trial._trial_id, ATTR_RUN_ID, run_id)
 
 
 def _tell_outcome(study: optuna.Study, trial: optuna.trial.Trial, reporter: TrialReporter,

@@ -134,3 +134,22 @@ def tracking_client(cfg: DictConfig) -> tuple[Any, str] | None:
     experiment_id = (experiment.experiment_id if experiment is not None
                      else client.create_experiment(logger_cfg.experiment_name))
     return client, experiment_id
+
+
+def record_failed_run(cfg: DictConfig, tags: dict[str, str], message: str) -> str | None:
+    """A FAILED run for a sweep trial that failed before its own run was created.
+
+    Single runs never get one (a mistake leaves nothing behind), but a study's trial exists
+    in the study, and MLflow should show it and why it failed. Returns the run id.
+    """
+    found = tracking_client(cfg)
+    if found is None:
+        return None
+    client, experiment_id = found
+    choices = knob_choices(cfg)
+    run = client.create_run(experiment_id, run_name=run_name(choices), tags={
+        **{f"plateau.{k}": v for k, v in choices.items()}, **tags,
+        "plateau.state": "FAIL", "plateau.error": message,
+    })
+    client.set_terminated(run.info.run_id, status="FAILED")
+    return str(run.info.run_id)

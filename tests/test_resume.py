@@ -1,0 +1,356 @@
+"""A sweep that stops early and its re-run: SIGKILL, Ctrl-C, failing trials, sweeper mistakes.
+
+Each scenario runs ``python sweep.py -m`` in a tmp launch directory (study in ``plateau.db``,
+runs in ``mlflow.db``) once, in a module-scoped fixture; the tests read what it left behind.
+Trials are tiny (generated stripes, timm's ``test_resnet``, CPU), a few seconds each, so a
+sweep can be stopped while one of them is between epochs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from conftest import ROOT
+from sweeps.study import is_finished
+
+pytestmark = pytest.mark.slow
+
+TINY = ["data=synthetic", "backbone=test_resnet", "trainer=cpu"]
+#: Trials of a few seconds (6 epochs; the first of a process is slower): long enough to stop
+#: one between epochs, short enough that the re-run's whole budget takes seconds.
+SLOW_TRIALS = [*TINY, "trainer.max_epochs=6", "data.images_per_class=48"]
+RESUME_BUDGET = 3
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+@dataclass
+class Sweep:
+    """A finished ``sweep.py`` process: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@dataclass
+class StoppedAndResumed:
+    """A sweep stopped by a signal mid-trial, then the same command run again."""
+
+    cwd: Path
+    cut: FrozenTrial  # the trial that was running, as the storage held it at the signal
+    stopped: Sweep
+    left: list[FrozenTrial]  # the study's trials right after the stopped sweep ended
+    resumed: Sweep
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "sweep.py"), "-m", *args]
+
+
+def run_sweep(*args: str, cwd: Path, timeout: float = 240) -> Sweep:
+    result = subprocess.run(command(*args), cwd=cwd, env=ENV, capture_output=True, text=True,
+                            timeout=timeout)
+    return Sweep(result.returncode, result.stdout, result.stderr)
+
+
+def storage_url(cwd: Path) -> str:
+    return f"sqlite:///{cwd / 'plateau.db'}"
+
+
+def study_trials(cwd: Path) -> list[FrozenTrial]:
+    assert (cwd / "plateau.db").exists()  # load_study would create an empty one
+    return optuna.load_study(study_name="plateau", storage=storage_url(cwd)).trials
+
+
+def trial_runs(cwd: Path) -> dict[int, Run]:
+    """The MLflow run of each trial that has one, by trial number."""
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("plateau")
+    runs = client.search_runs([experiment.experiment_id])
+    return {int(run.data.tags["plateau.trial_number"]): run for run in runs
+            if "plateau.trial_number" in run.data.tags}
+
+
+def study_run(cwd: Path) -> Run:
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("plateau")
+    (run,) = client.search_runs([experiment.experiment_id],
+                                filter_string="tags.`plateau.study` = 'plateau' and "
+                                              "attributes.run_name = 'study-plateau'")
+    return run
+
+
+def error_lines(stderr: str) -> list[str]:
+    """plateau's own error lines (the trial table may quote trials' errors too)."""
+    return [line for line in stderr.splitlines() if "plateau: error" in line]
+
+
+def interrupted(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get("interrupted"))
+
+
+def assert_rerun_from_the_queue(trials: list[FrozenTrial], cut: FrozenTrial) -> None:
+    """The trial after the cut one re-ran its params, taken from the study's queue.
+
+    (Optuna keeps an enqueued trial's params as its ``fixed_params`` system attribute: that
+    tells a re-queued trial from a sampled one that happens to draw the same values.)
+    """
+    (rerun,) = [t for t in trials if t.number == cut.number + 1]
+    assert is_finished(rerun)
+    assert rerun.params == cut.params
+    assert rerun.system_attrs.get("fixed_params") == cut.params
+
+
+def stop_mid_trial_and_resume(args: Sequence[str], cwd: Path, sig: signal.Signals,
+                              timeout: float = 120) -> StoppedAndResumed:
+    """Start a sweep, send ``sig`` once a trial is RUNNING and has reported an epoch, then
+    run the same command again."""
+    log = cwd / "first_sweep.err"
+    with log.open("w") as err, subprocess.Popen(command(*args), cwd=cwd, env=ENV, stderr=err,
+                                                stdout=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + timeout
+        cut = None
+        while cut is None:
+            assert proc.poll() is None, f"the sweep ended before a trial ran:\n{log.read_text()}"
+            assert time.monotonic() < deadline, "no trial reported an epoch in time"
+            time.sleep(0.2)
+            if "budget" not in log.read_text():  # the study and its tables exist from here on
+                continue
+            running = [t for t in study_trials(cwd) if t.state == TrialState.RUNNING
+                       and t.intermediate_values]
+            cut = running[0] if running else None
+        proc.send_signal(sig)
+        stdout, _ = proc.communicate(timeout=60)
+    stopped = Sweep(proc.returncode, stdout, log.read_text())
+    left = study_trials(cwd)
+    return StoppedAndResumed(cwd, cut, stopped, left, run_sweep(*args, cwd=cwd))
+
+
+# -- SIGKILL, then the same command again --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory: pytest.TempPathFactory) -> StoppedAndResumed:
+    args = [*SLOW_TRIALS, f"hydra.sweeper.n_trials={RESUME_BUDGET}"]
+    return stop_mid_trial_and_resume(args, tmp_path_factory.mktemp("killed"), signal.SIGKILL)
+
+
+def test_sigkill_leaves_the_cut_trial_running(killed: StoppedAndResumed) -> None:
+    """What a resume has to recover from (no code of the killed sweep ran after the signal)."""
+    assert killed.stopped.returncode == -signal.SIGKILL
+    (cut,) = [t for t in killed.left if t.number == killed.cut.number]
+    assert cut.state == TrialState.RUNNING
+
+
+def test_resume_after_sigkill_finishes_exactly_the_budget(killed: StoppedAndResumed) -> None:
+    assert killed.resumed.returncode == 0, killed.resumed.stderr[-3000:]
+    trials = study_trials(killed.cwd)
+    assert sum(map(is_finished, trials)) == RESUME_BUDGET
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len({t.number for t in trials}) == len(trials)
+
+
+def test_resume_after_sigkill_fails_the_killed_trial_as_interrupted(
+        killed: StoppedAndResumed) -> None:
+    trials = study_trials(killed.cwd)
+    assert [t.number for t in trials if interrupted(t)] == [killed.cut.number]
+
+
+def test_resume_after_sigkill_reruns_the_killed_trials_params(killed: StoppedAndResumed) -> None:
+    assert_rerun_from_the_queue(study_trials(killed.cwd), killed.cut)
+
+
+def test_resume_after_sigkill_samples_params_no_trial_ran_before(
+        killed: StoppedAndResumed) -> None:
+    """The seeded sampler must not replay the first sweep's draws: with continuous params no
+    two finished trials share their params (the killed trial, re-run once, is not finished)."""
+    finished = [t for t in study_trials(killed.cwd) if is_finished(t)]
+    repeated = [t.number for i, t in enumerate(finished)
+                if any(t.params == other.params for other in finished[:i])]
+    assert not repeated, f"trials {repeated} re-ran params of an earlier trial"
+
+
+def test_resume_after_sigkill_leaves_no_mlflow_run_running(killed: StoppedAndResumed) -> None:
+    runs = trial_runs(killed.cwd)
+    cut = runs.pop(killed.cut.number)
+    assert cut.info.status == "KILLED"
+    assert cut.data.tags["plateau.state"] == "FAIL"
+    assert len(runs) == RESUME_BUDGET
+    assert {run.info.status for run in runs.values()} == {"FINISHED"}
+    assert study_run(killed.cwd).info.status == "FINISHED"
+
+
+# -- Ctrl-C, then the same command again -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ctrl_c(tmp_path_factory: pytest.TempPathFactory) -> StoppedAndResumed:
+    args = [*SLOW_TRIALS, f"hydra.sweeper.n_trials={RESUME_BUDGET}"]
+    return stop_mid_trial_and_resume(args, tmp_path_factory.mktemp("ctrl_c"), signal.SIGINT)
+
+
+def test_ctrl_c_exits_130_with_one_line_and_no_traceback(ctrl_c: StoppedAndResumed) -> None:
+    stopped = ctrl_c.stopped
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.output
+    lines = [line for line in stopped.stderr.splitlines() if "sweep interrupted" in line]
+    assert len(lines) == 1, stopped.stderr[-3000:]
+    assert "re-run the same command" in lines[0]
+
+
+def test_ctrl_c_fails_the_cut_trial_as_interrupted_and_leaves_none_running(
+        ctrl_c: StoppedAndResumed) -> None:
+    assert not [t for t in ctrl_c.left if t.state == TrialState.RUNNING]
+    assert [t.number for t in ctrl_c.left if interrupted(t)] == [ctrl_c.cut.number]
+
+
+def test_ctrl_c_ends_the_cut_trials_mlflow_run_killed(ctrl_c: StoppedAndResumed) -> None:
+    run = trial_runs(ctrl_c.cwd)[ctrl_c.cut.number]
+    assert run.info.status == "KILLED"
+    assert run.data.tags["plateau.state"] == "FAIL"
+
+
+def test_resume_after_ctrl_c_finishes_exactly_the_budget(ctrl_c: StoppedAndResumed) -> None:
+    assert ctrl_c.resumed.returncode == 0, ctrl_c.resumed.stderr[-3000:]
+    trials = study_trials(ctrl_c.cwd)
+    assert sum(map(is_finished, trials)) == RESUME_BUDGET
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_resume_after_ctrl_c_reruns_the_interrupted_trials_params(
+        ctrl_c: StoppedAndResumed) -> None:
+    assert_rerun_from_the_queue(study_trials(ctrl_c.cwd), ctrl_c.cut)
+
+
+# -- trials that raise -----------------------------------------------------------------------
+
+#: A grid of 4 trials; 3 raise: freeze.depth=99 is beyond test_resnet's 5 stages (a config
+#: mistake, caught before the trial's MLflow run exists), a negative LR fails inside the fit.
+FAILING_SEARCH = """\
+# @package _global_
+hydra:
+  sweeper:
+    params:
+      freeze.depth: choice(2, 99)
+      optimizer.lr: choice(0.001, -1.0)
+      trainer.max_epochs: 1
+"""
+
+
+def failing_sweep(cwd: Path, max_failure_rate: float) -> Sweep:
+    search = cwd / "conf" / "search" / "fails.yaml"
+    search.parent.mkdir(parents=True)
+    search.write_text(FAILING_SEARCH)
+    return run_sweep(f"--config-dir={cwd / 'conf'}", "search=fails", "hydra/sweeper/sampler=grid",
+                     *TINY, "freeze=depth", "hydra.sweeper.n_trials=4",
+                     f"hydra.sweeper.max_failure_rate={max_failure_rate}", cwd=cwd)
+
+
+#: The launch directory and the sweep of FAILING_SEARCH with max_failure_rate=1.0.
+Tolerant = tuple[Path, Sweep]
+
+
+@pytest.fixture(scope="module")
+def tolerant_sweep(tmp_path_factory: pytest.TempPathFactory) -> Tolerant:
+    cwd = tmp_path_factory.mktemp("tolerant")
+    return cwd, failing_sweep(cwd, 1.0)
+
+
+def test_failing_trials_do_not_stop_a_tolerant_sweep(tolerant_sweep: Tolerant) -> None:
+    cwd, result = tolerant_sweep
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.output
+    states = sorted(t.state.name for t in study_trials(cwd))
+    assert states == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
+
+
+def test_failing_trial_is_recorded_fail_with_its_error(tolerant_sweep: Tolerant) -> None:
+    cwd, _ = tolerant_sweep
+    for trial in study_trials(cwd):
+        error = trial.user_attrs.get("error")
+        if trial.params["freeze.depth"] == 99:
+            assert trial.state == TrialState.FAIL
+            assert "freeze.depth=99" in error
+        elif trial.params["optimizer.lr"] < 0:
+            assert trial.state == TrialState.FAIL
+            assert "learning rate" in error
+        else:
+            assert trial.state == TrialState.COMPLETE
+            assert error is None
+
+
+def test_trial_failing_in_the_fit_has_its_mlflow_run_failed_and_tagged(
+        tolerant_sweep: Tolerant) -> None:
+    cwd, _ = tolerant_sweep
+    (trial,) = [t for t in study_trials(cwd) if t.params == {"freeze.depth": 2,
+                                                             "optimizer.lr": -1.0}]
+    run = trial_runs(cwd)[trial.number]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["plateau.state"] == "FAIL"
+    assert run.data.tags["plateau.error"] == trial.user_attrs["error"]
+
+
+def test_every_failing_trial_has_an_mlflow_run_tagged_with_its_error(
+        tolerant_sweep: Tolerant) -> None:
+    """README "Failures": a trial that raises is recorded with its error as MLflow tag too."""
+    cwd, _ = tolerant_sweep
+    runs = trial_runs(cwd)
+    failed = [t for t in study_trials(cwd) if t.state == TrialState.FAIL]
+    untracked = [t.user_attrs["error"] for t in failed if t.number not in runs]
+    assert not untracked, f"failed trials without an MLflow run: {untracked}"
+    for trial in failed:
+        assert runs[trial.number].data.tags["plateau.state"] == "FAIL"
+        assert runs[trial.number].data.tags["plateau.error"] == trial.user_attrs["error"]
+
+
+def test_failure_above_max_failure_rate_stops_the_sweep_with_one_line(tmp_path: Path) -> None:
+    result = failing_sweep(tmp_path, 0.0)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.output
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("plateau: error:")
+    assert "max_failure_rate=0.0" in line
+    trials = study_trials(tmp_path)
+    assert sum(map(is_finished, trials)) < 4  # stopped before the budget
+    assert [t.state for t in trials if is_finished(t)][-1] == TrialState.FAIL
+
+
+# -- sweeper settings that cannot work -------------------------------------------------------
+
+SWEEPER_MISTAKES = {
+    "zero budget": (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0"),
+    "direction against the objective": (["hydra.sweeper.direction=minimize"],
+                                        "objective.direction=maximize"),
+}
+
+
+@pytest.mark.parametrize("case", list(SWEEPER_MISTAKES))
+def test_sweeper_mistake_gets_one_line_error_and_no_study_or_run(case: str,
+                                                                 tmp_path: Path) -> None:
+    overrides, expected = SWEEPER_MISTAKES[case]
+    result = run_sweep(*TINY, *overrides, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.output
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("plateau: error:")
+    assert expected in line
+    db = tmp_path / "plateau.db"
+    assert not db.exists() or not optuna.get_all_study_summaries(storage_url(tmp_path))
+    assert not (tmp_path / "mlflow.db").exists()
