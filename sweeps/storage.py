@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import optuna
+from omegaconf import DictConfig, open_dict, read_write
 from optuna.storages import BaseStorage
 
 from sweeps.errors import PlateauError
@@ -37,6 +39,34 @@ def resolve_storage_url(storage: str | None) -> str:
         if storage.startswith(prefix) and not Path(storage[len(prefix):]).is_absolute():
             return prefix + str(launch_dir() / storage[len(prefix):])
     return storage
+
+
+#: Carries a storage URL with a password from the sweeper to its jobs (child processes
+#: inherit it), so that Hydra's saved job configs only ever hold the masked URL.
+STORAGE_URL_ENV = "PLATEAU_STORAGE_URL"
+
+
+def hide_storage_password(config: DictConfig, url: str) -> None:
+    """Mask ``url``'s password in the sweep config Hydra saves and hands to jobs.
+
+    The real URL goes to the jobs through :data:`STORAGE_URL_ENV`; see :func:`job_storage_url`.
+    """
+    masked = mask_password(url)
+    if masked == url:
+        return
+    os.environ[STORAGE_URL_ENV] = url
+    with read_write(config), open_dict(config):
+        config.hydra.sweeper.storage = masked
+        overrides = config.hydra.overrides
+        overrides.hydra = [mask_password(o) for o in overrides.hydra]
+        overrides.task = [mask_password(o) for o in overrides.task]
+
+
+def job_storage_url(configured: str | None) -> str:
+    """The storage URL a job reports to: the sweeper's real URL if its config holds the mask."""
+    url = resolve_storage_url(configured)
+    real = os.environ.get(STORAGE_URL_ENV)
+    return real if real and mask_password(real) == url else url
 
 
 def open_storage(url: str) -> str | BaseStorage:

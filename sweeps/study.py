@@ -27,7 +27,13 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from sweeps import report, study_trial
 from sweeps.errors import PlateauError, console
 from sweeps.search_space import SearchSpace, grid_choices, parse_search_space
-from sweeps.storage import DEFAULT_STUDY_NAME, mask_password, open_storage, resolve_storage_url
+from sweeps.storage import (
+    DEFAULT_STUDY_NAME,
+    hide_storage_password,
+    mask_password,
+    open_storage,
+    resolve_storage_url,
+)
 from sweeps.study_runs import StudyRun
 
 log = logging.getLogger(__name__)
@@ -217,6 +223,7 @@ class StudySweeper:
         space = parse_search_space(self.params, arguments, self.conditional)
         url = resolve_storage_url(self.storage)
         study = self._create_study(space, url)
+        hide_storage_password(self.config, url)
         if study.trials:  # a resumed study: do not replay the first sweep's seeded draws
             study.sampler.reseed_rng()
         run = StudyRun.open(self.config, study, url, self.sampler, self.pruner)

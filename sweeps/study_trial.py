@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lightning_modules.classifier import ImageClassifier
 from sweeps import tracking
 from sweeps.pruning import StagnationPruner, aligned
-from sweeps.storage import DEFAULT_STUDY_NAME, load_study, resolve_storage_url
+from sweeps.storage import DEFAULT_STUDY_NAME, job_storage_url, load_study
 from sweeps.trial import best_objective, prepare_trial
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def abandon(study: optuna.Study, trial: FrozenTrial) -> None:
 
 def _sweeper_study(trial_id: int) -> tuple[optuna.Study, optuna.trial.Trial, DictConfig]:
     sweeper = HydraConfig.get().sweeper
-    study = load_study(resolve_storage_url(sweeper.storage),
+    study = load_study(job_storage_url(sweeper.storage),
                        sweeper.study_name or DEFAULT_STUDY_NAME, pruner=instantiate(sweeper.pruner))
     return study, optuna.trial.Trial(study, trial_id), sweeper
 

@@ -83,3 +83,7 @@ def test_sweep_on_postgres_keeps_the_password_out_of_output_and_mlflow(
         for artifact in client.list_artifacts(run.info.run_id, "config"):
             path = client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))
             assert PASSWORD not in Path(path).read_text()
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".yaml", ".log")]
+    assert any(p.name == "hydra.yaml" for p in written)
+    for path in written:  # Hydra's saved configs, logs, best_trial.yaml
+        assert PASSWORD not in path.read_text(errors="replace"), path
