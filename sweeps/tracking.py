@@ -77,17 +77,27 @@ def flatten_config(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
+def _mlflow_config(cfg: DictConfig) -> DictConfig | None:
+    """``cfg.logger`` when it is MLflow's, None for ``logger=none``."""
+    logger_cfg = cfg.get("logger")
+    return logger_cfg if logger_cfg and logger_cfg.get("_target_") is not None else None
+
+
+def _knob_tags(choices: dict[str, str]) -> dict[str, str]:
+    return {f"plateau.{knob}": choice for knob, choice in choices.items()}
+
+
 def create_logger(cfg: DictConfig, extra_tags: dict[str, str] | None = None
                   ) -> MLFlowLogger | None:
     """The MLflow logger of ``cfg.logger`` (None for ``logger=none``), run not yet created.
 
     ``extra_tags`` may hold ``mlflow.parentRunId`` to nest the run under a study's run.
     """
-    logger_cfg = cfg.get("logger")
-    if not logger_cfg or logger_cfg.get("_target_") is None:
+    logger_cfg = _mlflow_config(cfg)
+    if logger_cfg is None:
         return None
     choices = knob_choices(cfg)
-    tags = {f"plateau.{k}": v for k, v in choices.items()} | (extra_tags or {})
+    tags = _knob_tags(choices) | (extra_tags or {})
     return instantiate(logger_cfg, tracking_uri=absolute_tracking_uri(logger_cfg.tracking_uri),
                        run_name=run_name(choices), tags=tags)
 
@@ -124,8 +134,8 @@ def end_trial_run(logger: MLFlowLogger | None, state: str, tags: dict[str, str],
 
 def tracking_client(cfg: DictConfig) -> tuple[Any, str] | None:
     """(MlflowClient, experiment id) for the config's logger; None for ``logger=none``."""
-    logger_cfg = cfg.get("logger")
-    if not logger_cfg or logger_cfg.get("_target_") is None:
+    logger_cfg = _mlflow_config(cfg)
+    if logger_cfg is None:
         return None
     from mlflow.tracking import MlflowClient
 
@@ -148,7 +158,7 @@ def record_failed_run(cfg: DictConfig, tags: dict[str, str], message: str) -> st
     client, experiment_id = found
     choices = knob_choices(cfg)
     run = client.create_run(experiment_id, run_name=run_name(choices), tags={
-        **{f"plateau.{k}": v for k, v in choices.items()}, **tags,
+        **_knob_tags(choices), **tags,
         "plateau.state": "FAIL", "plateau.error": message,
     })
     client.set_terminated(run.info.run_id, status="FAILED")
