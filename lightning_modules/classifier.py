@@ -13,7 +13,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MetricCollection, MinMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,9 @@ class ImageClassifier(pl.LightningModule):
         self.train_metrics = _metrics(num_classes).clone(prefix="train/")
         self.val_metrics = _metrics(num_classes).clone(prefix="val/")
         self.best_objective = MaxMetric() if direction == "maximize" else MinMetric()
+        self.val_confusion = MulticlassConfusionMatrix(num_classes)
+        #: The last validation epoch's confusion matrix (rows: true class), for diagnosis.
+        self.last_val_confusion: list[list[int]] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
@@ -96,6 +103,8 @@ class ImageClassifier(pl.LightningModule):
         loss = (self.criterion(logits, targets) if stage == "train"
                 else F.cross_entropy(logits, targets))
         metrics.update(logits, targets)
+        if stage == "val":
+            self.val_confusion.update(logits, targets)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val",
                  batch_size=targets.shape[0])
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
@@ -116,6 +125,9 @@ class ImageClassifier(pl.LightningModule):
                      100.0 * trainable / max(total, 1))
 
     def on_validation_epoch_end(self) -> None:
+        if self.val_confusion.update_count:
+            self.last_val_confusion = self.val_confusion.compute().int().tolist()
+            self.val_confusion.reset()
         if self.trainer.sanity_checking:
             return
         value = self.trainer.callback_metrics.get(self.objective)

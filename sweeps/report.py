@@ -26,7 +26,7 @@ RESULTS = "optimization_results.yaml"
 
 def trial_table(trials: list[FrozenTrial]) -> Table:
     table = Table(title="trials", show_lines=False)
-    for column in ("#", "state", "value", "epochs", "note"):
+    for column in ("#", "state", "value", "epochs", "diagnosis", "note"):
         table.add_column(column)
     for trial in trials:
         value = trial.user_attrs.get(study_trial.ATTR_OBJECTIVE, trial.value)
@@ -36,7 +36,8 @@ def trial_table(trials: list[FrozenTrial]) -> Table:
         if trial.user_attrs.get(study_trial.ATTR_INTERRUPTED):
             note = "interrupted (re-run)"
         table.add_row(str(trial.number), trial.state.name,
-                      "" if value is None else f"{value:.4f}", str(epochs), note[:80])
+                      "" if value is None else f"{value:.4f}", str(epochs),
+                      trial.user_attrs.get(study_trial.ATTR_DIAGNOSIS, ""), note[:80])
     return table
 
 

@@ -41,6 +41,8 @@ ATTR_OWNER = "owner"
 ATTR_RUN_ID = "mlflow_run_id"
 ATTR_OVERRIDES = "overrides"
 ATTR_OBJECTIVE = "best_objective"
+ATTR_DIAGNOSIS = "diagnosis"
+ATTR_DIAGNOSIS_REASON = "diagnosis_reason"
 
 
 def owner_id() -> str:
@@ -155,6 +157,9 @@ def run_study_trial(cfg: DictConfig) -> float:
         else:
             tracking.end_trial_run(logger, "FAIL", {"plateau.error": message}, "FAILED")
         return float("nan")
+    diagnosis = prepared.diagnose()
+    trial.set_user_attr(ATTR_DIAGNOSIS, diagnosis.label)
+    trial.set_user_attr(ATTR_DIAGNOSIS_REASON, diagnosis.reason)
     return _tell_outcome(study, trial, reporter, prepared.model, logger)
 
 

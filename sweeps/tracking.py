@@ -119,17 +119,19 @@ def log_objective(logger: MLFlowLogger, value: float) -> None:
 STUDY_RUN_ATTR = "mlflow_parent_run_id"
 
 
+def tag_run(logger: MLFlowLogger, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        logger.experiment.set_tag(logger.run_id, key, value)
+
+
 def end_trial_run(logger: MLFlowLogger | None, state: str, tags: dict[str, str],
                   status: str | None) -> None:
     """Tag a trial's run with its study state; ``status`` terminates it (e.g. FAILED, KILLED)."""
     if logger is None or logger._run_id is None:
         return
-    client = logger.experiment
-    client.set_tag(logger.run_id, "plateau.state", state)
-    for key, value in tags.items():
-        client.set_tag(logger.run_id, key, value)
+    tag_run(logger, {"plateau.state": state, **tags})
     if status is not None:
-        client.set_terminated(logger.run_id, status=status)
+        logger.experiment.set_terminated(logger.run_id, status=status)
 
 
 def tracking_client(cfg: DictConfig) -> tuple[Any, str] | None:

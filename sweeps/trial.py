@@ -17,6 +17,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from doctor.diagnosis import Diagnosis, Thresholds
+from doctor.recorder import CurveRecorder
 from lightning_modules.classifier import ImageClassifier
 from sweeps import tracking
 from sweeps.errors import PlateauError, console
@@ -82,6 +84,15 @@ class PreparedTrial:
     datamodule: pl.LightningDataModule
     trainer: pl.Trainer
     logger: MLFlowLogger | None
+    curves: CurveRecorder
+
+    def diagnose(self) -> Diagnosis:
+        """Diagnose the fit from its curves; tags the MLflow run with the result."""
+        diagnosis = self.curves.diagnosis()
+        if self.logger is not None:
+            tracking.tag_run(self.logger, {"plateau.diagnosis": diagnosis.label,
+                                           "plateau.diagnosis_reason": diagnosis.reason})
+        return diagnosis
 
 
 def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
@@ -117,16 +128,26 @@ def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
         objective=metric,
         direction=direction,
     )
+    curves = CurveRecorder(build_thresholds(cfg))
     logger = tracking.create_logger(cfg, tags)
     trainer = build(cfg, "trainer", precision=resolve_precision(cfg.trainer),
-                    callbacks=[freezing, *callbacks],
+                    callbacks=[freezing, curves, *callbacks],
                     logger=logger if logger is not None else False)
     if logger is not None:
         tracking.log_trial_config(logger, cfg)
         trainable, total = model.parameter_counts()
         logger.log_hyperparams({"model.trainable_params": trainable, "model.total_params": total,
                                 "data.num_classes": datamodule.num_classes})
-    return PreparedTrial(model, datamodule, trainer, logger)
+    return PreparedTrial(model, datamodule, trainer, logger, curves)
+
+
+def build_thresholds(cfg: DictConfig) -> Thresholds:
+    """The doctor's diagnosis thresholds from ``cfg.doctor.thresholds``."""
+    values = OmegaConf.select(cfg, "doctor.thresholds") or {}
+    try:
+        return Thresholds(**values)
+    except (TypeError, ValueError) as err:
+        raise PlateauError(f"doctor.thresholds: {err}") from err
 
 
 def best_objective(model: ImageClassifier) -> float:
@@ -155,8 +176,10 @@ def run_trial(cfg: DictConfig) -> float:
     value = best_objective(prepared.model)
     if prepared.logger is not None:
         tracking.log_objective(prepared.logger, value)
+    diagnosis = prepared.diagnose()
     console.print(f"objective {prepared.model.objective}_best = {value:.4f} "
                   f"({cfg.objective.direction})")
+    console.print(f"diagnosis: {diagnosis.label} ({diagnosis.reason})")
     return value
 
 

@@ -139,6 +139,9 @@ def test_flat_trial_is_pruned_inside_the_launched_child_process(pruning_sweep: S
     assert flat.state == TrialState.PRUNED
     assert len(flat.intermediate_values) < PRUNE_EPOCHS
     assert flat.user_attrs["prune_reason"]
+    # A pruned trial carries its diagnosis (a flat loss: no progress) and its stopping epoch.
+    assert flat.user_attrs["diagnosis"] == "no_progress"
+    assert flat.user_attrs["stopped_epoch"] == len(flat.intermediate_values) - 1
     assert owner_pid(flat) != pruning_sweep.pid  # reported and pruned by the job's process
     assert good.state == TrialState.COMPLETE
     values = [good.intermediate_values[epoch] for epoch in sorted(good.intermediate_values)]

@@ -85,3 +85,21 @@ def test_same_seed_reproduces_the_objective(make_cfg) -> None:
     cfg = make_cfg("logger=none", "trainer.max_epochs=2", "trainer.deterministic=true")
     first, second = run_trial(cfg), run_trial(cfg)
     assert math.isclose(first, second, abs_tol=1e-6)
+
+
+def test_trial_that_predicts_one_class_is_diagnosed_majority_collapse(make_cfg) -> None:
+    # timm's tiny ResNet from random weights, two stages trained for two epochs: it answers
+    # one class for every stripe image (val F1 1/6 on 3 classes).
+    cfg = make_cfg("trainer.max_epochs=2")
+    run_trial(cfg)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("plateau").experiment_id])
+    assert run.data.tags["plateau.diagnosis"] == "majority_collapse"
+    assert "class weighting" in run.data.tags["plateau.diagnosis_reason"]
+
+
+def test_trial_that_learns_is_diagnosed_healthy(make_cfg, capsys) -> None:
+    cfg = make_cfg("logger=none", "freeze=none", "trainer.max_epochs=6",
+                   "data.images_per_class=24", "optimizer.lr=1e-2")
+    run_trial(cfg)
+    assert "diagnosis: healthy" in capsys.readouterr().err
