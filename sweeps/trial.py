@@ -181,8 +181,3 @@ def run_trial(cfg: DictConfig) -> float:
                   f"({cfg.objective.direction})")
     console.print(f"diagnosis: {diagnosis.label} ({diagnosis.reason})")
     return value
-
-
-def config_summary(cfg: DictConfig) -> str:
-    """The resolved config as YAML, for ``--cfg``-style debugging in tests and logs."""
-    return OmegaConf.to_yaml(cfg, resolve=True)
