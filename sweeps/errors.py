@@ -22,6 +22,11 @@ class PlateauError(Exception):
     """
 
 
+def one_line(text: object, limit: int = 500) -> str:
+    """``text`` with all whitespace runs (newlines included) collapsed, cut to ``limit``."""
+    return " ".join(str(text).split())[:limit]
+
+
 def report_user_error(err: PlateauError) -> None:
     """Print ``err`` as plateau's one-line error."""
     console.print(f"[bold red]plateau: error:[/] {err}", soft_wrap=True)

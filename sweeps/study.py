@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from sweeps import report, study_trial
-from sweeps.errors import PlateauError, console
+from sweeps.errors import PlateauError, console, one_line
 from sweeps.search_space import SearchSpace, grid_choices, parse_search_space
 from sweeps.storage import (
     DEFAULT_STUDY_NAME,
@@ -61,22 +60,6 @@ def _override_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _owner_alive(owner: str) -> bool | None:
-    """Whether the ``host:pid`` owner still runs; None when it is on another host."""
-    import socket
-
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class StudySweeper:
@@ -157,7 +140,7 @@ class StudySweeper:
             raise PlateauError(f"study '{self.study_name}' in {mask_password(url)}: {err}; "
                                "use another hydra.sweeper.study_name") from err
         except Exception as err:
-            first = mask_password(" ".join(str(err).split()))[:200]
+            first = one_line(mask_password(str(err)), 200)
             raise PlateauError(f"cannot open the study storage {mask_password(url)} ({first}): "
                                "check hydra.sweeper.storage") from err
 
@@ -167,7 +150,7 @@ class StudySweeper:
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = trial.user_attrs.get(study_trial.ATTR_OWNER, "")
-            alive = _owner_alive(owner) if owner else False
+            alive = study_trial.owner_alive(owner) if owner else False
             beat = trial.user_attrs.get(study_trial.ATTR_HEARTBEAT, 0.0)
             stale = not alive and (alive is not None or now - beat >= self.heartbeat_timeout_s)
             if not stale and trial._trial_id not in own:
@@ -209,7 +192,7 @@ class StudySweeper:
             frozen = study._storage.get_trial(trial._trial_id)
             if frozen.state == TrialState.RUNNING:  # the job died before telling
                 error = getattr(result, "_return_value", None)
-                message = " ".join(str(error).split())[:500] or "the job ended without a result"
+                message = one_line(error) or "the job ended without a result"
                 study._storage.set_trial_user_attr(trial._trial_id, study_trial.ATTR_ERROR,
                                                    message)
                 study.tell(trial, state=TrialState.FAIL)

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_modules.classifier import ImageClassifier
 from sweeps import tracking
+from sweeps.errors import one_line
 from sweeps.pruning import StagnationPruner, aligned
 from sweeps.storage import DEFAULT_STUDY_NAME, job_storage_url, load_study
 from sweeps.trial import best_objective, prepare_trial
@@ -48,6 +49,20 @@ ATTR_DIAGNOSIS_REASON = "diagnosis_reason"
 def owner_id() -> str:
     """``host:pid`` of this process, to tell live trials from those of a killed sweep."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the :func:`owner_id` process still runs; None when it is on another host."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
 
 
 class TrialReporter(pl.Callback):
@@ -114,9 +129,8 @@ def _sweeper_study(trial_id: int) -> tuple[optuna.Study, optuna.trial.Trial, Dic
     return study, optuna.trial.Trial(study, trial_id), sweeper
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return f"{type(err).__name__}: {text}"[:500]
+def _error_line(err: BaseException) -> str:
+    return one_line(f"{type(err).__name__}: {err}")
 
 
 def run_study_trial(cfg: DictConfig) -> float:
@@ -148,7 +162,7 @@ def run_study_trial(cfg: DictConfig) -> float:
         tracking.end_trial_run(logger, "FAIL", {"plateau.interrupted": "true"}, "KILLED")
         raise KeyboardInterrupt from None
     except Exception as err:  # a failing trial must not end the sweep
-        message = _one_line(err)
+        message = _error_line(err)
         log.error("trial %d failed: %s", trial.number, message)
         trial.set_user_attr(ATTR_ERROR, message)
         study.tell(trial, state=TrialState.FAIL)
@@ -169,7 +183,7 @@ def _record_failed_run(study: optuna.Study, trial: optuna.trial.Trial, cfg: Dict
         run_id = tracking.record_failed_run(cfg, tags, message)
     except Exception as err:  # the trial's FAIL is recorded in the study either way
         log.warning("trial %d: no MLflow run recorded for its failure (%s)", trial.number,
-                    _one_line(err))
+                    _error_line(err))
         return
     if run_id:
         study._storage.set_trial_user_attr(trial._trial_id, ATTR_RUN_ID, run_id)
