@@ -81,6 +81,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         seed: seed of the train/val split and of the balanced sampler.
         val_fraction: share of each class held out when the data has no validation split.
         image_size: network input side in pixels; None uses the backbone's pretrained size.
+        mean: normalization mean replacing the backbone's (None keeps it; see
+            :func:`~data_modules.transforms.resolve_data_config`).
+        std: normalization std replacing the backbone's (None keeps it).
         pretrained_config: the backbone's ``timm.data.resolve_model_data_config``.
         augmentation: training augmentation policy from :mod:`data_modules.transforms`.
         balanced_sampling: draw training batches class-balanced with replacement.
@@ -93,6 +96,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         seed: int = 0,
         val_fraction: float = 0.2,
         image_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         pretrained_config: dict[str, Any] | None = None,
         augmentation: Augmentation | None = None,
         balanced_sampling: bool = False,
@@ -104,7 +109,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.val_fraction = val_fraction
-        self.data_config = resolve_data_config(pretrained_config, image_size)
+        self.data_config = resolve_data_config(pretrained_config, image_size, mean, std)
         self.train_transform, self.val_transform = build_transforms(self.data_config, augmentation)
         self.balanced_sampling = balanced_sampling
         self.classes: list[str] = []

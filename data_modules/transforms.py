@@ -41,19 +41,34 @@ class Geometry:
 Augmentation = Callable[[Geometry], list[nn.Module]]
 
 
-def resolve_data_config(pretrained: dict[str, Any],
-                        image_size: int | None = None) -> dict[str, Any]:
+def resolve_data_config(pretrained: dict[str, Any], image_size: int | None = None,
+                        mean: Sequence[float] | None = None,
+                        std: Sequence[float] | None = None) -> dict[str, Any]:
     """The backbone's pretrained preprocessing, optionally at another square input size.
 
     Args:
         pretrained: ``timm.data.resolve_model_data_config(backbone)``.
         image_size: side of the network input in pixels; None keeps the pretrained size.
+        mean: per-channel normalization mean replacing the pretrained one (``data.mean``);
+            the doctor's preflight flags a value that differs from the backbone's.
+        std: per-channel normalization std replacing the pretrained one (``data.std``).
     """
     config = dict(pretrained)
     if image_size is not None:
         if image_size < 16:
             raise PlateauError(f"data.image_size={image_size} is too small: use 16 or more")
         config["input_size"] = (config["input_size"][0], image_size, image_size)
+    for key, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        values = tuple(float(v) for v in values)
+        if len(values) != len(config[key]) or (key == "std" and min(values) <= 0):
+            raise PlateauError(
+                f"data.{key}={list(values)} must hold {len(config[key])} numbers"
+                f"{', all positive' if key == 'std' else ''}: one per input channel, or null "
+                "for the backbone's own"
+            )
+        config[key] = values
     return config
 
 

@@ -17,7 +17,10 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from data_modules.class_balance import ClassWeighting
+from data_modules.datamodules import ClassificationDataModule
 from doctor.diagnosis import Diagnosis, Thresholds
+from doctor.preflight import PreflightReport, PreflightSettings, cache_root, run_preflight
 from doctor.recorder import CurveRecorder
 from lightning_modules.classifier import ImageClassifier
 from sweeps import tracking
@@ -95,13 +98,18 @@ class PreparedTrial:
         return diagnosis
 
 
-def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
-                  tags: dict[str, str] | None = None) -> PreparedTrial:
-    """Build backbone, data, model, logger and trainer from ``cfg``.
+@dataclass
+class TrialParts:
+    """The model and data of a trial, built from the config but not yet trained."""
 
-    Everything that can be wrong with the config or the data is checked before the MLflow
-    run is created, so a mistake leaves no half-written run behind.
-    """
+    model: ImageClassifier
+    freezing: pl.Callback
+    datamodule: ClassificationDataModule
+    weighting: ClassWeighting
+
+
+def build_parts(cfg: DictConfig) -> TrialParts:
+    """Seed, then build backbone, freezing, class weighting, data (set up) and the module."""
     _single_log_stream()
     metric, direction = check_objective(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -128,10 +136,46 @@ def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
         objective=metric,
         direction=direction,
     )
+    return TrialParts(model, freezing, datamodule, weighting)
+
+
+def preflight_settings(cfg: DictConfig) -> PreflightSettings:
+    """The preflight's settings from ``cfg.doctor.preflight``."""
+    values = OmegaConf.select(cfg, "doctor.preflight") or {}
+    try:
+        return PreflightSettings(**values)
+    except (TypeError, ValueError) as err:
+        raise PlateauError(f"doctor.preflight: {err}") from err
+
+
+def preflight(cfg: DictConfig, parts: TrialParts) -> PreflightReport:
+    """Run the doctor's preflight checks on a built trial (see :mod:`doctor.preflight`)."""
+    return run_preflight(
+        parts.model, parts.freezing, parts.datamodule, backbone_name=cfg.backbone.name,
+        weighted=parts.weighting.method != "none", objective=cfg.objective.metric,
+        settings=preflight_settings(cfg), cache_dir=cache_root(cfg.get("cache_dir")))
+
+
+def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
+                  tags: dict[str, str] | None = None) -> PreparedTrial:
+    """Build backbone, data, model, logger and trainer from ``cfg``.
+
+    Everything that can be wrong with the config or the data is checked before the MLflow
+    run is created (including the doctor's preflight, unless ``doctor.preflight.enabled`` is
+    false), so a mistake leaves no half-written run behind.
+    """
+    parts = build_parts(cfg)
+    tags = dict(tags or {})
+    if preflight_settings(cfg).enabled:
+        report = preflight(cfg, parts)
+        report.show()
+        report.raise_for_errors()
+        tags.update(report.tags())
+    model, datamodule = parts.model, parts.datamodule
     curves = CurveRecorder(build_thresholds(cfg))
     logger = tracking.create_logger(cfg, tags)
     trainer = build(cfg, "trainer", precision=resolve_precision(cfg.trainer),
-                    callbacks=[freezing, curves, *callbacks],
+                    callbacks=[parts.freezing, curves, *callbacks],
                     logger=logger if logger is not None else False)
     if logger is not None:
         tracking.log_trial_config(logger, cfg)

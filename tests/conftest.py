@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from omegaconf import DictConfig, open_dict
 # No test may reach a network: the hub counts as offline, MLflow sends no telemetry.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+# The doctor's fingerprint cache of this test session, never the user's ~/.cache/plateau.
+os.environ.setdefault("PLATEAU_CACHE_DIR", tempfile.mkdtemp(prefix="plateau-cache-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

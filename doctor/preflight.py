@@ -1,0 +1,211 @@
+"""Preflight: check a built trial for the known causes of a stalled fine-tune, before training.
+
+Runs on the objects the trial will train with (model, freezing callback, datamodule after
+``setup``), in this order:
+
+=====================  ====================================================================
+``normalization``      each split's Normalize against the backbone's pretraining statistics
+``input_size``         the validation tensor size against the pretrained input size (info)
+``input_statistics``   channel mean/std of normalized images: double or missing scaling
+``val_determinism``    the validation transform gives one tensor per image (error)
+``labels``             targets in range, at least two classes (error), one dominant class
+``class_balance``      classes without validation images, rare classes, hidden imbalance
+``leakage``            pixel-identical images across the split
+``near_duplicates``    perceptual-hash near copies across the split
+``trainable`` ``head`` something trains, the head is sized to the classes (errors)
+``batchnorm``          BatchNorm in frozen stages left in training mode
+``loss`` ``activation``  cross-entropy on raw logits
+=====================  ====================================================================
+
+Errors stop the run before its MLflow run exists; warnings are printed and tagged on it.
+``python -m doctor preflight <overrides>`` runs the same checks alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm.data
+import torch
+
+from data_modules.datamodules import ClassificationDataModule, ImageDataset
+from doctor.balance import ClassCounts, check_balance, check_labels
+from doctor.findings import Finding
+from doctor.input_checks import (
+    check_determinism,
+    check_input_size,
+    check_normalization,
+    check_statistics,
+)
+from doctor.leakage import FingerprintCache, check_leakage, identity
+from doctor.model_checks import check_model
+from sweeps.errors import PlateauError, console
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "PLATEAU_CACHE_DIR"
+
+
+def cache_root(configured: str | None) -> Path:
+    """plateau's cache folder: ``cache_dir`` if set, else ``$PLATEAU_CACHE_DIR``, else
+    ``~/.cache/plateau``."""
+    return Path(configured or os.environ.get(CACHE_ENV) or "~/.cache/plateau").expanduser()
+
+
+@dataclass(frozen=True)
+class PreflightSettings:
+    """``doctor.preflight`` in the config.
+
+    Attributes:
+        enabled: run the checks before each trial (``python -m doctor preflight`` always does).
+        sample_images: images transformed to measure input statistics.
+        max_abs_mean: largest |channel mean| of normalized inputs before a warning.
+        min_std: smallest channel std of normalized inputs before a warning.
+        max_std: largest channel std of normalized inputs before a warning.
+        near_duplicate_distance: pHash bits (of 64) within which two images are near copies;
+            -1 turns the near-duplicate check off.
+        imbalance_ratio: largest/smallest class from which an unweighted plain-accuracy run
+            is warned.
+        min_images_per_class: fewest training images per class before a warning.
+        majority_share: share of one class from which the data counts as mostly one class.
+    """
+
+    enabled: bool = True
+    sample_images: int = 64
+    max_abs_mean: float = 3.0
+    min_std: float = 0.1
+    max_std: float = 5.0
+    near_duplicate_distance: int = 2
+    imbalance_ratio: float = 3.0
+    min_images_per_class: int = 5
+    majority_share: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.sample_images < 2:
+            raise ValueError(f"doctor.preflight.sample_images={self.sample_images} must be >= 2")
+        if not 0.0 < self.majority_share <= 1.0:
+            raise ValueError(f"doctor.preflight.majority_share={self.majority_share} must be "
+                             "in (0, 1]")
+
+
+@dataclass
+class PreflightReport:
+    """The findings of one preflight, with the class counts it measured."""
+
+    findings: list[Finding]
+    counts: ClassCounts
+    seconds: float
+
+    def of(self, severity: str) -> list[Finding]:
+        return [f for f in self.findings if f.severity == severity]
+
+    def tags(self) -> dict[str, str]:
+        """MLflow tags: ``plateau.preflight`` is ``clean`` or the checks that warned."""
+        warned = sorted({f.check for f in self.findings if f.severity != "info"})
+        return {"plateau.preflight": ",".join(warned) or "clean"}
+
+    def show(self, verbose: bool = False) -> None:
+        """Print errors and warnings (and info, and the class counts, when ``verbose``)."""
+        if verbose:
+            console.print(_counts_table(self.counts))
+        style = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+        for finding in self.findings:
+            if verbose or finding.severity != "info":
+                console.print(f"[{style[finding.severity]}]preflight {finding.severity}[/]: "
+                              f"{finding.check}: {finding.cause}\n  fix: {finding.fix}",
+                              highlight=False, soft_wrap=True)
+        if verbose:
+            console.print(f"preflight: {len(self.of('error'))} errors, "
+                          f"{len(self.of('warning'))} warnings ({self.seconds:.2f} s)")
+
+    def raise_for_errors(self) -> None:
+        errors = self.of("error")
+        if errors:
+            first = errors[0]
+            more = f" (and {len(errors) - 1} more preflight errors)" if len(errors) > 1 else ""
+            raise PlateauError(f"preflight: {first.check}: {first.cause}{more}; "
+                               f"fix: {first.fix}")
+
+
+def _counts_table(counts: ClassCounts) -> str:
+    width = max(len(n) for n in counts.names)
+    lines = [f"{'class':<{width}}  train    val"]
+    lines += [f"{name:<{width}}  {t:>5}  {v:>5}"
+              for name, t, v in zip(counts.names, counts.train, counts.val, strict=False)]
+    lines.append(f"imbalance ratio {counts.imbalance_ratio:.1f}:1")
+    return "\n".join(lines)
+
+
+def _names(dataset: ImageDataset, split: str) -> list[str]:
+    return [str(item) if isinstance(item, Path) else f"{split} #{i}"
+            for i, item in enumerate(dataset.items)]
+
+
+def _sample(dataset: ImageDataset, count: int) -> list[int]:
+    return sorted(set(np.linspace(0, len(dataset) - 1, min(count, len(dataset)))
+                      .round().astype(int).tolist()))
+
+
+def _leakage(train: ImageDataset, val: ImageDataset, settings: PreflightSettings,
+             cache: FingerprintCache) -> list[Finding]:
+    items = [*train.items, *val.items]
+    datasets = [(train, i) for i in range(len(train))] + [(val, i) for i in range(len(val))]
+    prints = cache.fingerprints([identity(item) for item in items],
+                                lambda k: datasets[k][0].image(datasets[k][1]))
+    split = len(train)
+    train_prints = type(prints)(prints.exact[:split], prints.perceptual[:split])
+    val_prints = type(prints)(prints.exact[split:], prints.perceptual[split:])
+    return check_leakage(train_prints, val_prints, _names(train, "train"), _names(val, "val"),
+                         settings.near_duplicate_distance)
+
+
+def run_preflight(model: torch.nn.Module, freezing: object,
+                  datamodule: ClassificationDataModule, *, backbone_name: str, weighted: bool,
+                  objective: str, settings: PreflightSettings,
+                  cache_dir: Path | None) -> PreflightReport:
+    """Every check of the module docstring on a built trial.
+
+    Args:
+        model: the module to train (``backbone`` and ``head`` attributes).
+        freezing: the trial's freezing callback.
+        datamodule: set up (``setup("fit")`` called).
+        backbone_name: for messages.
+        weighted: the trial counters imbalance (class weights or a balanced sampler).
+        objective: the objective metric.
+        settings: thresholds (``doctor.preflight``).
+        cache_dir: where fingerprints are cached; None computes them every time.
+    """
+    started = time.perf_counter()
+    train, val = datamodule.train_set, datamodule.val_set
+    if train is None or val is None:
+        raise ValueError("run_preflight needs a set-up datamodule: call setup('fit') first")
+    counts = ClassCounts.from_targets(datamodule.classes, train.targets.numpy(),
+                                      val.targets.numpy())
+    findings = check_labels(counts, settings.majority_share)
+    if any(f.severity == "error" for f in findings):
+        return PreflightReport(findings, counts, time.perf_counter() - started)
+    backbone = getattr(model, "backbone", model)
+    pretrained = timm.data.resolve_model_data_config(backbone)
+    images = [train.image(i) for i in _sample(train, settings.sample_images)]
+    batch = torch.stack([datamodule.val_transform(image) for image in images])
+    findings += check_normalization(
+        pretrained, {"validation": datamodule.val_transform,
+                     "training": datamodule.train_transform}, backbone_name)
+    findings += check_input_size(pretrained, batch[0], backbone_name)
+    findings += check_statistics(batch, settings.max_abs_mean, settings.min_std,
+                                 settings.max_std)
+    findings += check_determinism(datamodule.val_transform, images[:8])
+    findings += check_balance(counts, weighted=weighted, objective=objective,
+                              ratio_limit=settings.imbalance_ratio,
+                              min_images=settings.min_images_per_class)
+    cache = FingerprintCache(None if cache_dir is None else cache_dir / "fingerprints")
+    findings += _leakage(train, val, settings, cache)
+    findings += check_model(model, freezing, datamodule.num_classes, batch[:4])  # type: ignore
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order[f.severity])
+    return PreflightReport(findings, counts, time.perf_counter() - started)
