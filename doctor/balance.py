@@ -20,13 +20,16 @@ class ClassCounts:
     names: list[str]
     train: list[int]
     val: list[int]
+    negative: bool = False  # some targets were below 0 (left out of the counts)
 
     @classmethod
     def from_targets(cls, names: Sequence[str], train: np.ndarray,
                      val: np.ndarray) -> ClassCounts:
+        negative = bool((train < 0).any() or (val < 0).any())
+        train, val = train[train >= 0], val[val >= 0]
         size = max(len(names), int(train.max(initial=-1)) + 1, int(val.max(initial=-1)) + 1)
         return cls(list(names), np.bincount(train, minlength=size).tolist(),
-                   np.bincount(val, minlength=size).tolist())
+                   np.bincount(val, minlength=size).tolist(), negative)
 
     @property
     def imbalance_ratio(self) -> float:
@@ -43,9 +46,9 @@ def _names(counts: ClassCounts, indices: Sequence[int], limit: int = 5) -> str:
 
 def check_labels(counts: ClassCounts, majority_share: float) -> list[Finding]:
     """Targets in range, at least two classes, not (almost) all one class."""
-    if len(counts.train) > len(counts.names):
+    if counts.negative or len(counts.train) > len(counts.names):
         return [Finding("labels", "error",
-                        f"targets go up to {len(counts.train) - 1} but there are only "
+                        f"targets range outside 0..{len(counts.names) - 1} for "
                         f"{len(counts.names)} classes",
                         "number the classes 0..C-1 (one folder per class for data=image_folder)")]
     present = [i for i, n in enumerate(counts.train) if n]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,10 @@ class Fingerprints:
 class FingerprintCache:
     """Fingerprints of whole datasets on disk, one ``.npz`` per dataset.
 
+    A dataset of files is keyed by the folder that holds them all, so adding, changing or
+    removing a file re-hashes only that file (entries of files no longer listed are dropped);
+    an in-memory dataset is keyed by its images' identities.
+
     Args:
         root: the cache folder (``<cache_dir>/fingerprints``); None keeps nothing on disk.
     """
@@ -79,16 +84,22 @@ class FingerprintCache:
     def __init__(self, root: Path | None) -> None:
         self.root = root
 
-    def fingerprints(self, ids: Sequence[str],
-                     decode: Callable[[int], Image.Image]) -> Fingerprints:
-        """Fingerprints of the images with identities ``ids``; ``decode(i)`` loads image i."""
-        key = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()
-        known = self._load(key)
+    def fingerprints(self, ids: Sequence[str], decode: Callable[[int], Image.Image],
+                     location: str | None = None) -> Fingerprints:
+        """Fingerprints of the images with identities ``ids``; ``decode(i)`` loads image i.
+
+        Args:
+            location: the folder holding the dataset's files; None for in-memory images.
+        """
+        keyed_by = location if location is not None else "\n".join(sorted(ids))
+        key = hashlib.sha1(keyed_by.encode()).hexdigest()
+        cached = self._load(key)
+        known = {name: cached[name] for name in ids if name in cached}
         missing = [i for i, name in enumerate(ids) if name not in known]
         for i in missing:
             image = decode(i)
             known[ids[i]] = (exact_hash(image), perceptual_hash(image))
-        if missing:
+        if missing or len(known) != len(cached):
             self._save(key, known)
         return Fingerprints([known[name][0] for name in ids],
                             np.asarray([known[name][1] for name in ids], dtype=np.uint64))
@@ -104,7 +115,7 @@ class FingerprintCache:
             with np.load(path) as data:
                 return {str(name): (str(exact), int(phash)) for name, exact, phash
                         in zip(data["ids"], data["exact"], data["perceptual"], strict=True)}
-        except (OSError, ValueError, KeyError) as err:  # a damaged cache is rebuilt
+        except Exception as err:  # noqa: BLE001 -- a damaged cache of any kind is rebuilt
             log.warning("ignoring unreadable fingerprint cache %s (%s)", path, err)
             return {}
 
@@ -114,7 +125,7 @@ class FingerprintCache:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # one per concurrent trial
             np.savez(tmp, ids=np.asarray(list(known)),
                      exact=np.asarray([v[0] for v in known.values()]),
                      perceptual=np.asarray([v[1] for v in known.values()], dtype=np.uint64))

@@ -155,8 +155,10 @@ def _leakage(train: ImageDataset, val: ImageDataset, settings: PreflightSettings
              cache: FingerprintCache) -> list[Finding]:
     items = [*train.items, *val.items]
     datasets = [(train, i) for i in range(len(train))] + [(val, i) for i in range(len(val))]
+    files = [str(item.resolve().parent) for item in items if isinstance(item, Path)]
+    location = os.path.commonpath(files) if len(files) == len(items) and files else None
     prints = cache.fingerprints([identity(item) for item in items],
-                                lambda k: datasets[k][0].image(datasets[k][1]))
+                                lambda k: datasets[k][0].image(datasets[k][1]), location)
     split = len(train)
     train_prints = type(prints)(prints.exact[:split], prints.perceptual[:split])
     val_prints = type(prints)(prints.exact[split:], prints.perceptual[split:])

@@ -23,6 +23,7 @@ from doctor.diagnosis import Diagnosis, Thresholds
 from doctor.preflight import PreflightReport, PreflightSettings, cache_root, run_preflight
 from doctor.recorder import CurveRecorder
 from lightning_modules.classifier import ImageClassifier
+from lightning_modules.freezing import StageFreezing
 from sweeps import tracking
 from sweeps.errors import PlateauError, console
 
@@ -115,7 +116,8 @@ def build_parts(cfg: DictConfig) -> TrialParts:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = build(cfg, "backbone")
     freezing = build(cfg, "freeze")
-    freezing.check(backbone)
+    if isinstance(freezing, StageFreezing):
+        freezing.check(backbone)
     weighting = build(cfg, "class_weight")
     datamodule = build(
         cfg, "data",
@@ -124,6 +126,10 @@ def build_parts(cfg: DictConfig) -> TrialParts:
         balanced_sampling=weighting.resamples,
     )
     datamodule.setup("fit")
+    if datamodule.num_classes < 2:
+        raise PlateauError(f"the data holds {datamodule.num_classes} class "
+                           f"({', '.join(datamodule.classes) or 'none'}): a classifier needs at "
+                           "least two; give each class its own folder of images")
     model = ImageClassifier(
         backbone,
         num_classes=datamodule.num_classes,
