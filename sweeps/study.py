@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from sweeps import report, study_trial
+from sweeps import report, report_files, study_report, study_trial
 from sweeps.errors import PlateauError, console, one_line
 from sweeps.search_space import SearchSpace, grid_choices, parse_search_space
 from sweeps.storage import (
@@ -33,6 +34,7 @@ from sweeps.storage import (
     open_storage,
     resolve_storage_url,
 )
+from sweeps.study_report import StudyReport
 from sweeps.study_runs import StudyRun
 
 log = logging.getLogger(__name__)
@@ -229,10 +231,24 @@ class StudySweeper:
             raise
         finally:
             trials = study.get_trials(deepcopy=False)
-            run.close(study, status)
-            if status != "KILLED":
+            ended = status != "KILLED"
+            written = self._write_report(study, run) if ended else None
+            run.close(study, status)  # after the report: its plots go to the open parent run
+            if ended:
                 report.finish(study, trials, self, time.time() - started)
+            if written is not None:
+                study_report.print_summary(written)
         return trials
+
+    def _write_report(self, study: optuna.Study, run: StudyRun) -> StudyReport | None:
+        """The post-sweep report in ``<sweep dir>/report``; a failure only warns."""
+        try:
+            return study_report.publish(
+                study, Path(self.sweep_dir) / report_files.REPORT_DIR, run.client, run.run_id,
+                study_report.objective_label(self.config), self.monitor)
+        except Exception as err:  # the study ran fine: the sweep must not fail for its report
+            log.warning("study report not written: %s", one_line(f"{type(err).__name__}: {err}"))
+            return None
 
     def _loop(self, study: optuna.Study, space: SearchSpace) -> None:
         while True:

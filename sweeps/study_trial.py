@@ -44,6 +44,11 @@ ATTR_OVERRIDES = "overrides"
 ATTR_OBJECTIVE = "best_objective"
 ATTR_DIAGNOSIS = "diagnosis"
 ATTR_DIAGNOSIS_REASON = "diagnosis_reason"
+#: The last validation confusion matrix (rows: true class) and the class names, for the
+#: study report's per-class recall; not stored above :data:`MAX_CONFUSION_CLASSES` classes.
+ATTR_CONFUSION = "val_confusion"
+ATTR_CLASSES = "classes"
+MAX_CONFUSION_CLASSES = 100
 
 
 def owner_id() -> str:
@@ -174,7 +179,22 @@ def run_study_trial(cfg: DictConfig) -> float:
     diagnosis = prepared.diagnose()
     trial.set_user_attr(ATTR_DIAGNOSIS, diagnosis.label)
     trial.set_user_attr(ATTR_DIAGNOSIS_REASON, diagnosis.reason)
+    _store_confusion(trial, prepared.curves.curves.confusion,
+                     getattr(prepared.datamodule, "classes", []))
     return _tell_outcome(study, trial, reporter, prepared.model, logger)
+
+
+def _store_confusion(trial: optuna.trial.Trial, confusion: list[list[int]],
+                     classes: list[str]) -> None:
+    """Keep the last validation confusion matrix and class names on the trial.
+
+    Skipped above :data:`MAX_CONFUSION_CLASSES` classes: the matrix grows with their square,
+    and a user attribute is one JSON text column in the study's database.
+    """
+    if not confusion or len(confusion) > MAX_CONFUSION_CLASSES:
+        return
+    trial.set_user_attr(ATTR_CONFUSION, confusion)
+    trial.set_user_attr(ATTR_CLASSES, [str(name) for name in classes])
 
 
 def _record_failed_run(study: optuna.Study, trial: optuna.trial.Trial, cfg: DictConfig,

@@ -1,0 +1,230 @@
+"""The study report's files: PNG plots (rendered by matplotlib's Agg canvas, no display
+needed) and ``report.md``, which links them relatively so the folder reads the same on disk,
+in a Markdown viewer, and in the MLflow UI's artifact view.
+
+A plot with nothing to show is not written; ``report.md`` says why its section is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from optuna.trial import TrialState
+
+from doctor.diagnosis import LABELS
+
+if TYPE_CHECKING:
+    from sweeps.study_report import StudyReport
+
+log = logging.getLogger(__name__)
+
+#: The report's folder in the sweep directory, and its artifact path in the parent run.
+REPORT_DIR = "report"
+REPORT_MD = "report.md"
+IMPORTANCES = "importances.png"
+BY_CHOICE = "objective_by_choice.png"
+CURVES = "learning_curves.png"
+DIAGNOSES = "diagnoses.png"
+RECALL = "best_trial_recall.png"
+STATE_COLORS = {TrialState.COMPLETE: "tab:blue", TrialState.PRUNED: "tab:orange"}
+
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_importances(report: StudyReport, path: Path) -> bool:
+    if not report.importances:
+        return False
+    names = list(report.importances)[::-1]  # most important on top
+    fig = Figure(figsize=(7, 0.4 * len(names) + 1.2))
+    ax = fig.add_subplot()
+    ax.barh(names, [report.importances[n] for n in names], color="tab:blue")
+    ax.set_xlabel(f"fANOVA importance for {report.objective}")
+    _save(fig, path)
+    return True
+
+
+def plot_by_choice(report: StudyReport, path: Path) -> bool:
+    """One panel per categorical knob: each complete trial's objective, and the mean."""
+    knobs = {name: rows for name, rows in report.choices.items()
+             if any(row.values for row in rows)}
+    if not knobs:
+        return False
+    fig = Figure(figsize=(4.5 * min(len(knobs), 3), 3.6 * ((len(knobs) + 2) // 3)))
+    for index, (name, rows) in enumerate(knobs.items()):
+        ax = fig.add_subplot((len(knobs) + 2) // 3, min(len(knobs), 3), index + 1)
+        for x, row in enumerate(rows):
+            ax.scatter([x] * len(row.values), row.values, color="tab:blue", alpha=0.6)
+            if row.mean is not None:
+                ax.hlines(row.mean, x - 0.3, x + 0.3, color="black")
+        ax.set_xticks(range(len(rows)),
+                      [f"{row.choice}\n{len(row.values)} complete, {row.pruned} pruned"
+                       for row in rows], fontsize=8)
+        ax.set_title(name)
+        ax.set_ylabel(report.objective)
+    _save(fig, path)
+    return True
+
+
+def plot_curves(report: StudyReport, path: Path) -> bool:
+    """The value each complete or pruned trial reported per epoch (the pruner's view)."""
+    shown = [t for t in report.trials if t.state in STATE_COLORS and t.intermediate_values]
+    if not shown:
+        return False
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for trial in shown:
+        steps = sorted(trial.intermediate_values)
+        best = report.best is not None and trial.number == report.best.number
+        ax.plot(steps, [trial.intermediate_values[s] for s in steps], marker=".",
+                color=STATE_COLORS[trial.state], alpha=0.9 if best else 0.5,
+                linewidth=2.5 if best else 1.0)
+    ax.legend([Line2D([], [], color=c) for c in STATE_COLORS.values()],
+              [s.name.lower() for s in STATE_COLORS])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(monitor_label(report))
+    _save(fig, path)
+    return True
+
+
+def plot_diagnoses(report: StudyReport, path: Path) -> bool:
+    if not report.diagnoses:
+        return False
+    labels = diagnosis_order(report)
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.add_subplot()
+    ax.bar(labels, [report.diagnoses[label] for label in labels],
+           color=["tab:green" if label == "healthy" else "tab:red" for label in labels])
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("trials")
+    ax.tick_params(axis="x", labelsize=8)
+    _save(fig, path)
+    return True
+
+
+def plot_recall(report: StudyReport, path: Path) -> bool:
+    if not report.recall or report.best is None:
+        return False
+    fig = Figure(figsize=(max(5.0, 0.5 * len(report.recall) + 2), 3.5))
+    ax = fig.add_subplot()
+    ax.bar([r.name for r in report.recall], [r.recall or 0.0 for r in report.recall],
+           color="tab:blue")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("recall")
+    ax.set_title(f"trial {report.best.number}: last validation epoch")
+    _save(fig, path)
+    return True
+
+
+def monitor_label(report: StudyReport) -> str:
+    """Trials report ``monitor`` negated in a maximized study (see :mod:`sweeps.pruning`)."""
+    return f"-{report.monitor}" if report.maximize else report.monitor
+
+
+def diagnosis_order(report: StudyReport) -> list[str]:
+    known = [label for label in LABELS if label in report.diagnoses]
+    return known + sorted(set(report.diagnoses) - set(known))
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+def _image(written: dict[str, bool], name: str, alt: str) -> list[str]:
+    return [f"![{alt}]({name})", ""] if written.get(name) else []
+
+
+def _overview(report: StudyReport) -> list[str]:
+    states = [t.state for t in report.trials]
+    counts = ", ".join(f"{states.count(s)} {s.name.lower()}"
+                       for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    best = report.best
+    dominant = report.dominant_failure
+    rows = [["direction", f"{report.direction.name.lower()} `{report.objective}`"],
+            ["trials", counts],
+            ["best", f"{_number(best.value)} (trial {best.number})" if best else "none"],
+            ["most important knobs", ", ".join(f"`{k}`" for k in report.top_knobs) or "none"],
+            ["dominant failure mode", f"{dominant[0]} ({dominant[1]} trials)" if dominant
+             else "none"]]
+    return [f"# Study report: `{report.study_name}`", "", *_table(["", ""], rows)]
+
+
+def _sections(report: StudyReport, written: dict[str, bool]) -> list[str]:
+    lines = ["## Knob importances", "",
+             f"fANOVA importance of each knob for `{report.objective}` over the complete "
+             "trials (normalized to sum to 1).", ""]
+    lines += _image(written, IMPORTANCES, "knob importances")
+    lines += _table(["knob", "importance"], [[f"`{k}`", f"{v:.3f}"]
+                                             for k, v in report.importances.items()])
+    if report.importance_note:
+        lines += [f"_{'Not computed: ' if not report.importances else ''}"
+                  f"{report.importance_note}._", ""]
+    lines += ["## Objective by choice", "", f"`{report.objective}` of the complete trials "
+              "that took each choice; pruned and failed trials are counted beside.", ""]
+    lines += _image(written, BY_CHOICE, "objective by choice")
+    for name, rows in report.choices.items():
+        lines += [f"### `{name}`", ""] + _table(
+            ["choice", "complete", "mean", "best", "pruned", "failed"],
+            [[f"`{r.choice}`", str(len(r.values)), _number(r.mean), _number(r.best),
+              str(r.pruned), str(r.failed)] for r in rows])
+    if not report.choices:
+        lines += ["_No categorical knob was searched._", ""]
+    lines += ["## Learning curves", "", f"`{monitor_label(report)}` as each trial reported "
+              "it to the pruner per epoch: complete trials blue, pruned orange, the best "
+              "trial bold.", ""]
+    lines += _image(written, CURVES, "learning curves") or ["_No trial reported a value._", ""]
+    return lines
+
+
+def _diagnosis_sections(report: StudyReport, written: dict[str, bool]) -> list[str]:
+    lines = ["## Diagnoses", ""]
+    lines += _image(written, DIAGNOSES, "diagnosis counts")
+    lines += _table(["diagnosis", "trials"], [[label, str(report.diagnoses[label])]
+                                              for label in diagnosis_order(report)])
+    if not report.diagnoses:
+        lines += ["_No trial was diagnosed (a trial that fails is not)._", ""]
+    lines += ["## Best trial's per-class recall", ""]
+    if report.best is not None:
+        params = ", ".join(f"`{k}={v}`" for k, v in report.best.params.items())
+        lines += [f"Trial {report.best.number}: {params}", ""]
+    lines += _image(written, RECALL, "per-class recall")
+    lines += _table(["class", "recall", "validation images"],
+                    [[r.name, _number(r.recall), str(r.support)] for r in report.recall])
+    if report.recall_note:
+        lines += [f"_Not shown: {report.recall_note}._", ""]
+    return lines
+
+
+PLOTS: dict[str, Callable[[StudyReport, Path], bool]] = {
+    IMPORTANCES: plot_importances, BY_CHOICE: plot_by_choice, CURVES: plot_curves,
+    DIAGNOSES: plot_diagnoses, RECALL: plot_recall,
+}
+
+
+def write(report: StudyReport, folder: Path) -> Path:
+    """Write the plots and ``report.md`` to ``folder`` (created; stale plots removed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, plot in PLOTS.items():
+        (folder / name).unlink(missing_ok=True)
+        written[name] = plot(report, folder / name)
+    lines = _overview(report) + _sections(report, written) + _diagnosis_sections(report, written)
+    (folder / REPORT_MD).write_text("\n".join(lines).rstrip() + "\n")
+    log.info("study report written to %s", folder)
+    return folder

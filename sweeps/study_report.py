@@ -1,0 +1,254 @@
+"""The post-sweep report: what mattered in a study, and how its trials failed.
+
+Computed from the study alone (so it can be written again for an existing study): knob
+importances (Optuna's fANOVA, seeded), the objective by choice of each categorical knob,
+the per-epoch values the trials reported, the diagnosis of each trial, and the best trial's
+per-class recall. :func:`publish` writes it as PNGs and ``report.md`` (see
+:mod:`sweeps.report_files`) to a folder and to the study's MLflow parent run;
+:func:`report_existing` does so on demand for a study in a storage.
+
+Only trials that ended on their own count: trials cut off by a stopped sweep (FAIL with
+``interrupted``, their params re-queued) and trials still running are left out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import CategoricalDistribution
+from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+from optuna.search_space import intersection_search_space
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from doctor.diagnosis import LABELS
+from sweeps import report_files, study_trial, tracking
+from sweeps.errors import console, one_line
+from sweeps.storage import DEFAULT_STUDY_NAME, load_study, resolve_storage_url
+
+log = logging.getLogger(__name__)
+
+#: fANOVA fits a random forest: seeded, the same study always gives the same importances.
+IMPORTANCE_SEED = 0
+TOP_KNOBS = 3
+
+
+@dataclass(frozen=True)
+class ChoiceStats:
+    """The objective of the COMPLETE trials that took one choice of a categorical knob."""
+
+    choice: str
+    values: list[float]
+    mean: float | None
+    best: float | None
+    pruned: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class ClassRecall:
+    """Recall of one class in the best trial's last validation; None when it had no image."""
+
+    name: str
+    recall: float | None
+    support: int
+
+
+@dataclass
+class StudyReport:
+    """Everything the report shows; ``folder`` and ``run_id`` are set by :func:`publish`."""
+
+    study_name: str
+    direction: StudyDirection
+    objective: str
+    monitor: str
+    trials: list[FrozenTrial]
+    importances: dict[str, float]
+    importance_note: str
+    choices: dict[str, list[ChoiceStats]]
+    diagnoses: Counter[str]
+    best: FrozenTrial | None
+    recall: list[ClassRecall]
+    recall_note: str
+    folder: Path | None = field(default=None, compare=False)
+    run_id: str | None = field(default=None, compare=False)
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == StudyDirection.MAXIMIZE
+
+    @property
+    def top_knobs(self) -> list[str]:
+        return list(self.importances)[:TOP_KNOBS]
+
+    @property
+    def dominant_failure(self) -> tuple[str, int] | None:
+        """The most common non-healthy diagnosis and its count (ties: the order of LABELS)."""
+        failures = {label: n for label, n in self.diagnoses.items() if label != "healthy"}
+        if not failures:
+            return None
+        rank = {label: i for i, label in enumerate(LABELS)}
+        label = min(failures, key=lambda k: (-failures[k], rank.get(k, len(LABELS))))
+        return label, failures[label]
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Ended on its own: COMPLETE, PRUNED, or FAIL not caused by a stopped sweep."""
+    return trial.state.is_finished() and not trial.user_attrs.get(study_trial.ATTR_INTERRUPTED)
+
+
+def importances(study: optuna.Study, complete: list[FrozenTrial]) -> tuple[dict[str, float], str]:
+    """Normalized fANOVA importances of the knobs every complete trial has, most important
+    first; empty with the reason when they cannot be computed. The note names the knobs left
+    out (conditional ones, like ``freeze.depth``, are not in every trial)."""
+    if len(complete) < 2:
+        return {}, f"{len(complete)} complete trial(s): importances need at least 2"
+    space = intersection_search_space(complete)
+    varied = [name for name in space if len({repr(t.params[name]) for t in complete}) > 1]
+    if not varied:
+        return {}, "no knob took more than one value across the complete trials"
+    if len({t.value for t in complete}) == 1:
+        return {}, "every complete trial has the same objective value"
+    try:
+        found = get_param_importances(
+            study, evaluator=FanovaImportanceEvaluator(seed=IMPORTANCE_SEED), params=varied)
+    except Exception as err:  # the report is still written, saying why
+        log.warning("knob importances not computed: %s", one_line(err))
+        return {}, f"the importance evaluator failed ({one_line(err, 200)})"
+    left_out = sorted({name for t in complete for name in t.params} - set(varied))
+    note = f"left out (one value, or not in every complete trial): {', '.join(left_out)}" \
+        if left_out else ""
+    return dict(sorted(found.items(), key=lambda item: -item[1])), note
+
+
+def _categorical(trials: list[FrozenTrial]) -> dict[str, CategoricalDistribution]:
+    found: dict[str, CategoricalDistribution] = {}
+    for trial in trials:
+        for name, dist in trial.distributions.items():
+            if isinstance(dist, CategoricalDistribution) and name not in found:
+                found[name] = dist
+    return found
+
+
+def choice_stats(trials: list[FrozenTrial], maximize: bool) -> dict[str, list[ChoiceStats]]:
+    """Per categorical knob, one row per choice (in the distribution's order)."""
+    table: dict[str, list[ChoiceStats]] = {}
+    for name, dist in _categorical(trials).items():
+        rows = []
+        for choice in dist.choices:
+            took = [t for t in trials if name in t.params and t.params[name] == choice]
+            values = [float(t.value) for t in took
+                      if t.state == TrialState.COMPLETE and t.value is not None]
+            best = (max(values) if maximize else min(values)) if values else None
+            rows.append(ChoiceStats(
+                str(choice), values, sum(values) / len(values) if values else None, best,
+                sum(t.state == TrialState.PRUNED for t in took),
+                sum(t.state == TrialState.FAIL for t in took)))
+        table[name] = rows
+    return table
+
+
+def class_recall(trial: FrozenTrial | None) -> tuple[list[ClassRecall], str]:
+    """Per-class recall from the trial's stored confusion matrix (rows: true class)."""
+    if trial is None:
+        return [], "no complete trial"
+    confusion = trial.user_attrs.get(study_trial.ATTR_CONFUSION)
+    if not confusion:
+        return [], f"trial {trial.number} has no stored validation confusion matrix"
+    names = list(trial.user_attrs.get(study_trial.ATTR_CLASSES) or [])
+    if len(names) != len(confusion):
+        names = [str(i) for i in range(len(confusion))]
+    recall = []
+    for i, row in enumerate(confusion):
+        support = int(sum(row))
+        recall.append(ClassRecall(names[i], row[i] / support if support else None, support))
+    return recall, ""
+
+
+def build(study: optuna.Study, objective: str = "objective",
+          monitor: str = "val/loss") -> StudyReport:
+    """The report of ``study``; ``objective`` and ``monitor`` only label values and axes."""
+    trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    found, note = importances(study, complete)
+    best = study.best_trial if complete else None
+    recall, recall_note = class_recall(best)
+    diagnoses = Counter(str(t.user_attrs[study_trial.ATTR_DIAGNOSIS]) for t in trials
+                        if t.user_attrs.get(study_trial.ATTR_DIAGNOSIS))
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    return StudyReport(study.study_name, study.direction, objective, monitor, trials, found,
+                       note, choice_stats(trials, maximize), diagnoses, best, recall,
+                       recall_note)
+
+
+def publish(study: optuna.Study, folder: Path, client: Any = None, run_id: str | None = None,
+            objective: str = "objective", monitor: str = "val/loss") -> StudyReport:
+    """Write the report to ``folder``; with an MLflow ``client``, tag the parent run
+    ``run_id`` (``plateau.top_knobs``, ``plateau.dominant_failure``) and log the folder as
+    its ``report/`` artifacts."""
+    report = build(study, objective, monitor)
+    report.folder = report_files.write(report, folder)
+    if client is None or not run_id:
+        return report
+    dominant = report.dominant_failure
+    try:
+        client.set_tag(run_id, "plateau.top_knobs", ",".join(report.top_knobs) or "none")
+        client.set_tag(run_id, "plateau.dominant_failure", dominant[0] if dominant else "none")
+        client.log_artifacts(run_id, str(report.folder), report_files.REPORT_DIR)
+    except Exception as err:  # the files are written; MLflow only gets a copy
+        log.warning("study report not logged to MLflow run %s: %s", run_id, one_line(err))
+    else:
+        report.run_id = run_id
+    return report
+
+
+def print_summary(report: StudyReport) -> None:
+    """Three lines: where the report is, the most important knobs, the dominant failure."""
+    where = f"study report: {report.folder / report_files.REPORT_MD if report.folder else '-'}"
+    if report.run_id:
+        where += f" (MLflow run {report.run_id}, artifacts {report_files.REPORT_DIR}/)"
+    knobs = ", ".join(f"{name} ({report.importances[name]:.2f})" for name in report.top_knobs)
+    dominant = report.dominant_failure
+    diagnosed = sum(report.diagnoses.values())
+    if dominant:
+        failure = f"{dominant[0]} ({dominant[1]} of {diagnosed} diagnosed trials)"
+    else:
+        failure = f"none (all {diagnosed} diagnosed trials healthy)" if diagnosed \
+            else "none (no trial was diagnosed)"
+    console.print(where, soft_wrap=True)
+    console.print(f"most important knobs: {knobs or 'not computed: ' + report.importance_note}",
+                  soft_wrap=True)
+    console.print(f"dominant failure mode: {failure}", soft_wrap=True)
+
+
+def objective_label(cfg: DictConfig) -> str:
+    """What a trial returns: the best epoch's ``objective.metric`` (``<metric>_best``)."""
+    metric = OmegaConf.select(cfg, "objective.metric")
+    return f"{metric}_best" if metric else "objective"
+
+
+def report_existing(cfg: DictConfig, out_dir: str | Path) -> Path:
+    """Write the report of the study ``cfg.hydra.sweeper`` names to ``out_dir``.
+
+    ``cfg`` is a config composed from ``conf/`` with its ``hydra`` node. With an MLflow
+    logger, the study's parent run gets the report too. Returns the report folder.
+
+    Raises:
+        PlateauError: when the storage holds no such study.
+    """
+    sweeper = cfg.hydra.sweeper
+    study = load_study(resolve_storage_url(sweeper.storage),
+                       sweeper.study_name or DEFAULT_STUDY_NAME)
+    run_id = study.user_attrs.get(tracking.STUDY_RUN_ATTR)
+    found = tracking.tracking_client(cfg) if run_id else None
+    report = publish(study, Path(out_dir), found[0] if found else None, run_id,
+                     objective_label(cfg), str(sweeper.get("monitor", "val/loss")))
+    print_summary(report)
+    assert report.folder is not None
+    return report.folder

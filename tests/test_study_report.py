@@ -1,0 +1,235 @@
+"""The post-sweep report: numbers from a real study in a tmp sqlite file, files written, the
+parent MLflow run's artifacts, the on-demand entry, and one ``python sweep.py -m`` end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from conftest import ROOT, compose_config
+from sweeps import report_files, study_report, tracking
+from sweeps.errors import PlateauError
+
+DISTRIBUTIONS = {
+    "freeze": CategoricalDistribution(["head_only", "depth", "none"]),
+    "class_weight": CategoricalDistribution(["none", "balanced"]),
+    "optimizer.lr": FloatDistribution(1e-4, 1e-2, log=True),
+}
+BEST_CONFUSION = [[9, 1, 0], [0, 10, 0], [2, 2, 6]]  # rows: true class
+PLOTS = [report_files.IMPORTANCES, report_files.BY_CHOICE, report_files.CURVES,
+         report_files.DIAGNOSES, report_files.RECALL]
+
+#: state, value, freeze, class_weight, lr, diagnosis, extra user attrs
+Row = tuple[TrialState, float | None, str, str, float, str | None, dict[str, Any]]
+TRIALS: list[Row] = [
+    (TrialState.COMPLETE, 0.80, "head_only", "none", 1e-3, "healthy", {}),
+    (TrialState.COMPLETE, 0.60, "head_only", "balanced", 1e-4, "underfitting", {}),
+    (TrialState.COMPLETE, 0.90, "depth", "none", 5e-3, "healthy",
+     {"val_confusion": BEST_CONFUSION, "classes": ["ant", "bee", "cat"]}),
+    (TrialState.PRUNED, None, "depth", "balanced", 1e-2, "no_progress", {}),
+    (TrialState.PRUNED, None, "none", "none", 1e-2, "no_progress", {}),
+    (TrialState.FAIL, None, "none", "balanced", 1e-3, None, {"error": "RuntimeError: boom"}),
+    (TrialState.COMPLETE, 0.70, "none", "balanced", 2e-3, "majority_collapse", {}),
+    # cut off by a stopped sweep and re-queued: not counted anywhere
+    (TrialState.FAIL, None, "head_only", "none", 1e-3, "diverged", {"interrupted": True}),
+]
+
+
+def make_study(tmp_path: Path, rows: list[Row] = TRIALS, name: str = "plateau") -> optuna.Study:
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path / 'plateau.db'}",
+                                direction="maximize", load_if_exists=True)
+    for state, value, freeze, weight, lr, diagnosis, attrs in rows:
+        epochs = 3 if state == TrialState.COMPLETE else 1
+        study.add_trial(create_trial(
+            state=state, value=value,
+            params={"freeze": freeze, "class_weight": weight, "optimizer.lr": lr},
+            distributions=DISTRIBUTIONS,
+            intermediate_values={e: -1.0 + 0.1 * e for e in range(epochs)},
+            user_attrs={**({"diagnosis": diagnosis} if diagnosis else {}), **attrs}))
+    return study
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> optuna.Study:
+    return make_study(tmp_path)
+
+
+def test_objective_per_choice_counts_complete_pruned_and_failed_trials(
+        study: optuna.Study) -> None:
+    rows = {r.choice: r for r in study_report.build(study).choices["freeze"]}
+    assert list(rows) == ["head_only", "depth", "none"]
+    assert (rows["head_only"].values, rows["head_only"].pruned, rows["head_only"].failed) == (
+        [0.80, 0.60], 0, 0)  # the interrupted head_only trial is not counted
+    assert rows["head_only"].mean == pytest.approx(0.70)
+    assert rows["head_only"].best == pytest.approx(0.80)
+    assert (rows["depth"].mean, rows["depth"].pruned) == (pytest.approx(0.90), 1)
+    assert (len(rows["none"].values), rows["none"].pruned, rows["none"].failed) == (1, 1, 1)
+
+
+def test_best_is_the_minimum_in_a_minimized_study(tmp_path: Path) -> None:
+    rows = study_report.choice_stats(make_study(tmp_path).trials, maximize=False)
+    assert {r.choice: r.best for r in rows["freeze"]}["head_only"] == pytest.approx(0.60)
+
+
+def test_dominant_failure_is_the_most_common_non_healthy_diagnosis(
+        study: optuna.Study) -> None:
+    report = study_report.build(study)
+    assert report.diagnoses == {"healthy": 2, "underfitting": 1, "no_progress": 2,
+                                "majority_collapse": 1}
+    assert report.dominant_failure == ("no_progress", 2)
+
+
+def test_dominant_failure_is_none_when_every_trial_is_healthy(tmp_path: Path) -> None:
+    rows = [r for r in TRIALS if r[5] in ("healthy", None)]
+    assert study_report.build(make_study(tmp_path, rows)).dominant_failure is None
+
+
+def test_best_trials_per_class_recall_comes_from_its_confusion_matrix(
+        study: optuna.Study) -> None:
+    report = study_report.build(study)
+    assert report.best is not None
+    assert report.best.number == 2
+    assert [(r.name, r.recall, r.support) for r in report.recall] == [
+        ("ant", pytest.approx(0.9), 10), ("bee", pytest.approx(1.0), 10),
+        ("cat", pytest.approx(0.6), 10)]
+
+
+def test_importances_rank_every_varied_knob_and_are_reproducible(study: optuna.Study) -> None:
+    first = study_report.build(study).importances
+    assert set(first) == set(DISTRIBUTIONS)
+    assert sum(first.values()) == pytest.approx(1.0)
+    assert list(first.values()) == sorted(first.values(), reverse=True)
+    assert study_report.build(study).importances == first  # the evaluator is seeded
+
+
+def test_report_folder_holds_every_plot_and_the_markdown_linking_them(
+        study: optuna.Study, tmp_path: Path) -> None:
+    folder = study_report.publish(study, tmp_path / "report").folder
+    assert folder == tmp_path / "report"
+    for name in PLOTS:
+        assert (folder / name).read_bytes()[:4] == b"\x89PNG", name
+        assert f"]({name})" in (folder / report_files.REPORT_MD).read_text()
+    text = (folder / report_files.REPORT_MD).read_text()
+    assert "| `head_only` | 2 | 0.7000 | 0.8000 | 0 | 0 |" in text
+    assert "| cat | 0.6000 | 10 |" in text
+    assert "| no_progress | 2 |" in text
+
+
+@pytest.mark.parametrize("complete", [0, 1])
+def test_report_with_fewer_than_two_complete_trials_says_why_importances_are_missing(
+        tmp_path: Path, complete: int, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [TRIALS[0]][:complete] + [TRIALS[3], TRIALS[5]]
+    report = study_report.publish(make_study(tmp_path, rows), tmp_path / "report")
+    assert report.importances == {}
+    assert f"{complete} complete trial(s)" in report.importance_note
+    assert report.folder is not None
+    assert not (report.folder / report_files.IMPORTANCES).exists()
+    assert "Not computed: " in (report.folder / report_files.REPORT_MD).read_text()
+    study_report.print_summary(report)
+    assert "most important knobs: not computed: " in capsys.readouterr().err
+
+
+def test_importances_missing_when_no_knob_varies(tmp_path: Path) -> None:
+    rows: list[Row] = [(TrialState.COMPLETE, v, "depth", "none", 1e-3, "healthy", {})
+                       for v in (0.5, 0.6)]
+    report = study_report.build(make_study(tmp_path, rows))
+    assert report.importances == {}
+    assert "no knob took more than one value" in report.importance_note
+
+
+def test_importances_missing_when_every_objective_is_equal(tmp_path: Path) -> None:
+    rows: list[Row] = [(TrialState.COMPLETE, 0.5, f, "none", 1e-3, "healthy", {})
+                       for f in ("depth", "none", "head_only")]
+    report = study_report.build(make_study(tmp_path, rows))
+    assert report.importances == {}
+    assert "same objective value" in report.importance_note
+
+
+def test_summary_names_the_top_three_knobs_and_the_dominant_failure(
+        study: optuna.Study, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = study_report.publish(study, tmp_path / "report")
+    study_report.print_summary(report)
+    err = capsys.readouterr().err
+    assert f"most important knobs: {report.top_knobs[0]} (" in err
+    assert len(report.top_knobs) == 3
+    assert "dominant failure mode: no_progress (2 of 6 diagnosed trials)" in err
+
+
+def artifacts(client: MlflowClient, run_id: str) -> set[str]:
+    return {Path(f.path).name for f in client.list_artifacts(run_id, report_files.REPORT_DIR)}
+
+
+def test_publish_logs_the_report_to_the_parent_run_and_tags_it(
+        study: optuna.Study, tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("plateau", artifact_location=str(tmp_path / "art"))
+    run_id = client.create_run(experiment).info.run_id
+    report = study_report.publish(study, tmp_path / "report", client, run_id)
+    assert report.run_id == run_id
+    assert artifacts(client, run_id) == {*PLOTS, report_files.REPORT_MD}
+    tags = client.get_run(run_id).data.tags
+    assert tags["plateau.dominant_failure"] == "no_progress"
+    assert tags["plateau.top_knobs"].split(",") == report.top_knobs
+
+
+def test_report_existing_writes_the_stored_studys_report_and_logs_it(tmp_path: Path) -> None:
+    cfg = compose_config([f"hydra.sweeper.storage=sqlite:///{tmp_path / 'plateau.db'}",
+                          f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+                         keep_hydra=True)
+    found = tracking.tracking_client(cfg)
+    assert found is not None
+    client, experiment = found
+    run_id = client.create_run(experiment).info.run_id
+    make_study(tmp_path).set_user_attr(tracking.STUDY_RUN_ATTR, run_id)
+    folder = study_report.report_existing(cfg, tmp_path / "out")
+    assert folder == tmp_path / "out"
+    assert (folder / report_files.REPORT_MD).exists()
+    assert report_files.CURVES in artifacts(client, run_id)
+
+
+def test_report_existing_on_a_missing_study_raises_one_line(tmp_path: Path) -> None:
+    cfg = compose_config([f"hydra.sweeper.storage=sqlite:///{tmp_path / 'plateau.db'}",
+                          "hydra.sweeper.study_name=absent", "logger=none"], keep_hydra=True)
+    with pytest.raises(PlateauError, match="no study 'absent'.*hydra.sweeper.study_name"):
+        study_report.report_existing(cfg, tmp_path / "out")
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+#: The embedded default search space, shrunk: tiny trials of 2 epochs, a budget of 4.
+E2E = ["-m", "data=synthetic", "backbone=test_resnet", "trainer=cpu", "trainer.max_epochs=2",
+       "hydra.sweeper.n_trials=4"]
+
+
+@pytest.mark.slow
+def test_default_sweep_writes_the_report_and_logs_it_to_the_parent_run(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run([sys.executable, str(ROOT / "sweep.py"), *E2E], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    (folder,) = tmp_path.glob(f"multirun/*/*/{report_files.REPORT_DIR}")
+    written = {p.name for p in folder.iterdir()}
+    assert {report_files.REPORT_MD, report_files.CURVES, report_files.DIAGNOSES} <= written
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("plateau")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert artifacts(client, parent.info.run_id) == written
+    assert parent.data.tags["plateau.dominant_failure"]
+    children = [r for r in runs if r is not parent]
+    assert len(children) == 4
+    assert all(r.data.tags.get("plateau.diagnosis") for r in children)
+    assert "most important knobs: " in output
+    assert "dominant failure mode: " in output
