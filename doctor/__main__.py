@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeps.errors import PlateauError, one_line, report_user_error
@@ -43,13 +43,9 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 
 def preflight(overrides: list[str]) -> int:
-    from sweeps.trial import build_parts, preflight  # heavy imports after parsing
+    from sweeps.trial import preflight_config  # heavy imports after parsing
 
-    cfg = compose_config(overrides)
-    job = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
-    with open_dict(job):
-        job["trial_id"] = None
-    report = preflight(job, build_parts(job))
+    report = preflight_config(compose_config(overrides))
     report.show(verbose=True)
     return 2 if report.of("error") else 0
 

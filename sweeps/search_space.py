@@ -141,7 +141,9 @@ def parse_search_space(params: dict[str, Any] | None, arguments: list[str],
     Args:
         params: ``{key: expression}`` from the sweeper config.
         arguments: the command-line overrides Hydra hands to the sweeper.
-        conditional: ``{key: {when: "other=value", space: expression}}``.
+        conditional: ``{key: {when: "other=value", space: expression}}``. When ``other`` is
+            fixed on the command line, ``key`` is searched if the value matches and dropped
+            otherwise; a ``key`` set or swept on the command line is left as given.
     """
     lines = [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
     space = SearchSpace()
@@ -159,13 +161,19 @@ def parse_search_space(params: dict[str, Any] | None, arguments: list[str],
         if "=" not in when:
             raise PlateauError(f"conditional_params.{key}.when={when} must read param=value")
         parent, expected = (part.strip() for part in when.split("=", 1))
-        if parent not in space.distributions:
+        if parent not in space.distributions and parent not in space.fixed:
             raise PlateauError(f"conditional_params.{key}.when names {parent}, which is not a "
                                "searched param: add it to hydra.sweeper.params")
         (override,) = _parse([f"{key}={expression}"])
         distribution = to_distribution(override)
         if not isinstance(distribution, BaseDistribution):
             raise PlateauError(f"conditional_params.{key}.space={expression} is not a sweep")
+        if key in space.distributions or key in space.fixed:
+            continue  # the user set or swept the key itself: that wins
+        if parent in space.fixed:  # fixed on the command line: the condition is known now
+            if str(space.fixed[parent]) == expected:
+                space.distributions[key] = distribution
+            continue
         space.conditional[key] = (parent, expected, distribution)
     if not space.distributions:
         raise PlateauError("the search space is empty: give hydra.sweeper.params (see "

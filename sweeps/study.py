@@ -162,6 +162,19 @@ class StudySweeper:
             log.warning("trial %d was cut off by a stopped sweep: marked failed, its params "
                         "queued again", trial.number)
 
+    def _preflight(self) -> None:
+        """The doctor's preflight on the base config (each trial runs its own as well): an
+        error stops the sweep before its study or MLflow run exists."""
+        from sweeps.trial import preflight_config, preflight_settings
+
+        if not preflight_settings(self.config).enabled:
+            return
+        report = preflight_config(self.config)
+        console.print(f"preflight of the base config: {len(report.of('error'))} errors, "
+                      f"{len(report.of('warning'))} warnings")
+        report.show()
+        report.raise_for_errors()
+
     # -- trials --------------------------------------------------------------------------
 
     def _suggest(self, trial: Trial, space: SearchSpace) -> list[str]:
@@ -206,6 +219,7 @@ class StudySweeper:
         self._check_settings()
         self._check_objective()
         space = parse_search_space(self.params, arguments, self.conditional)
+        self._preflight()
         url = resolve_storage_url(self.storage)
         study = self._create_study(space, url)
         hide_storage_password(self.config, url)

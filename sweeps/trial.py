@@ -14,7 +14,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from data_modules.class_balance import ClassWeighting
@@ -160,6 +160,14 @@ def preflight(cfg: DictConfig, parts: TrialParts) -> PreflightReport:
         parts.model, parts.freezing, parts.datamodule, backbone_name=cfg.backbone.name,
         weighted=parts.weighting.method != "none", objective=cfg.objective.metric,
         settings=preflight_settings(cfg), cache_dir=cache_root(cfg.get("cache_dir")))
+
+
+def preflight_config(cfg: DictConfig) -> PreflightReport:
+    """Build the trial ``cfg`` describes (a ``hydra`` node is ignored) and run the preflight."""
+    job = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
+    with open_dict(job):
+        job["trial_id"] = None
+    return preflight(job, build_parts(job))
 
 
 def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),

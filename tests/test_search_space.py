@@ -242,6 +242,33 @@ def test_names_lists_searched_then_conditional_params() -> None:
     assert space.names() == ["freeze", KEY, "freeze.depth"]
 
 
+DEPTH_WHEN_DEPTH = {"freeze.depth": {"when": "freeze=depth", "space": "range(1, 5)"}}
+
+
+def test_conditional_param_is_searched_when_its_parent_is_fixed_to_the_matching_value() -> None:
+    space = parse_search_space({"freeze": "choice(depth, none)", KEY: "interval(0.1, 1)"},
+                               ["freeze=depth"], DEPTH_WHEN_DEPTH)
+
+    assert space.distributions["freeze.depth"] == IntDistribution(1, 4)
+    assert not space.conditional
+
+
+def test_conditional_param_is_dropped_when_its_parent_is_fixed_to_another_value() -> None:
+    space = parse_search_space({"freeze": "choice(depth, none)", KEY: "interval(0.1, 1)"},
+                               ["freeze=none"], DEPTH_WHEN_DEPTH)
+
+    assert "freeze.depth" not in space.names()
+    assert space.fixed == {"freeze": "none"}
+
+
+def test_conditional_param_set_on_the_command_line_keeps_the_users_value() -> None:
+    space = parse_search_space({"freeze": "choice(depth, none)"}, ["freeze.depth=3"],
+                               DEPTH_WHEN_DEPTH)
+
+    assert space.fixed == {"freeze.depth": "3"}
+    assert not space.conditional
+
+
 # -- errors: each names the key at fault -----------------------------------------------------
 
 CONDITIONAL_KEY = "conditional_params.freeze.depth"
@@ -278,9 +305,6 @@ CONDITIONAL_KEY = "conditional_params.freeze.depth"
         pytest.param({"freeze": "choice(depth, all)"}, [],
                      {"freeze.depth": {"when": "strategy=depth", "space": "range(1, 5)"}},
                      f"{CONDITIONAL_KEY}.when names strategy", id="when-names-unknown-param"),
-        pytest.param({"freeze": "depth", KEY: "interval(0.1, 1)"}, [],
-                     {"freeze.depth": {"when": "freeze=depth", "space": "range(1, 5)"}},
-                     f"{CONDITIONAL_KEY}.when names freeze", id="when-names-fixed-param"),
         pytest.param({"freeze": "choice(depth, all)"}, [],
                      {"freeze.depth": {"when": "freeze=depth", "space": "3"}},
                      f"{CONDITIONAL_KEY}.space=3", id="conditional-space-not-a-sweep"),

@@ -214,6 +214,19 @@ def test_unreachable_storage_error_masks_the_password_and_leaves_no_run(
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
+def test_preflight_error_stops_the_sweep_before_its_study_or_runs_exist(tmp_path: Path) -> None:
+    sweep = run_sweep("-m", *TINY, "freeze=none",
+                      "freeze._target_=tests.faulty_parts.FreezeEverything",
+                      "trainer.max_epochs=1", "hydra.sweeper.n_trials=2", cwd=tmp_path,
+                      timeout=120)
+    assert sweep.returncode == 2, sweep.output[-3000:]
+    assert "plateau: error: preflight: trainable: no parameter trains" in sweep.output
+    assert "Traceback" not in sweep.output
+    assert not (tmp_path / "plateau.db").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 # -- the budget ----------------------------------------------------------------------------
 
 
