@@ -69,22 +69,38 @@ def job_storage_url(configured: str | None) -> str:
     return real if real and mask_password(real) == url else url
 
 
+def storage_file(url: str) -> Path | None:
+    """The file a ``sqlite:///`` or ``journal:///`` URL stores in; None for a server."""
+    if url.startswith("journal:///"):
+        return Path("/" + url[len("journal:///"):].lstrip("/"))
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    return None
+
+
 def open_storage(url: str) -> str | BaseStorage:
     """What ``optuna.create_study(storage=...)`` takes for ``url``."""
+    path = storage_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("journal:///"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path("/" + url[len("journal:///"):].lstrip("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        assert path is not None
         return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return url
 
 
 def load_study(url: str, study_name: str, pruner: Any = None) -> optuna.Study:
-    """Load an existing study (the pruner is not stored: pass the sweep's own)."""
+    """Load an existing study (the pruner is not stored: pass the sweep's own).
+
+    A storage file that does not exist is an error, not created empty.
+    """
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        raise PlateauError(f"no study storage at {path}: check hydra.sweeper.storage (a "
+                           "relative sqlite path is resolved in the folder the sweep ran from)")
     try:
         return optuna.load_study(study_name=study_name, storage=open_storage(url), pruner=pruner)
     except KeyError as err:

@@ -198,10 +198,37 @@ def test_report_existing_writes_the_stored_studys_report_and_logs_it(tmp_path: P
 
 
 def test_report_existing_on_a_missing_study_raises_one_line(tmp_path: Path) -> None:
+    make_study(tmp_path)  # the storage exists, with another study
     cfg = compose_config([f"hydra.sweeper.storage=sqlite:///{tmp_path / 'plateau.db'}",
                           "hydra.sweeper.study_name=absent", "logger=none"], keep_hydra=True)
     with pytest.raises(PlateauError, match="no study 'absent'.*hydra.sweeper.study_name"):
         study_report.report_existing(cfg, tmp_path / "out")
+
+
+def doctor(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, "-m", "doctor", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_doctor_report_command_writes_an_existing_studys_report(tmp_path: Path) -> None:
+    make_study(tmp_path)
+    done = doctor("report", "--out", str(tmp_path / "out"),
+                  f"hydra.sweeper.storage=sqlite:///{tmp_path / 'plateau.db'}", "logger=none",
+                  cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / report_files.REPORT_MD).exists()
+    assert "dominant failure" in done.stderr.lower()
+
+
+def test_doctor_report_command_on_a_missing_study_exits_2_with_one_line(tmp_path: Path) -> None:
+    done = doctor("report", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'plateau.db'}",
+                  "hydra.sweeper.study_name=absent", "logger=none", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "plateau: error: no study storage at" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "plateau-report").exists()
+    assert not (tmp_path / "plateau.db").exists()
 
 
 # -- end to end ----------------------------------------------------------------------------
