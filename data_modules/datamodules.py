@@ -51,6 +51,22 @@ class ImageDataset(Dataset):
         return self.transform(self.image(index)), int(self.targets[index])
 
 
+class FeatureDataset(Dataset):
+    """Cached backbone features (N x D, memory-mapped) with their integer targets."""
+
+    def __init__(self, features: np.ndarray, targets: torch.Tensor) -> None:
+        if len(features) != len(targets):
+            raise ValueError(f"{len(features)} feature rows for {len(targets)} targets")
+        self.features = features
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.array(self.features[index])), int(self.targets[index])
+
+
 def stratified_split(targets: np.ndarray, val_fraction: float,
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded per-class split into (train, val) indices.
@@ -113,8 +129,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_transform, self.val_transform = build_transforms(self.data_config, augmentation)
         self.balanced_sampling = balanced_sampling
         self.classes: list[str] = []
-        self.train_set: ImageDataset | None = None
-        self.val_set: ImageDataset | None = None
+        # Image datasets; a linear probe may swap them for cached backbone features
+        # (data_modules.feature_cache.attach_features).
+        self.train_set: ImageDataset | FeatureDataset | None = None
+        self.val_set: ImageDataset | FeatureDataset | None = None
 
     def load_splits(self) -> tuple[list[str], Split, Split]:
         """(class names, (train items, targets), (val items, targets))."""
@@ -142,7 +160,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         assert self.train_set is not None, "call setup() first"
         return torch.bincount(self.train_set.targets, minlength=self.num_classes)
 
-    def _loader(self, dataset: ImageDataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: ImageDataset | FeatureDataset, train: bool) -> DataLoader:
         sampler = None
         if train and self.balanced_sampling:
             weights = ClassWeighting.sample_weights(dataset.targets, self.num_classes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +40,14 @@ def load_rgb(path: Path) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         return to_rgb(image)
+
+
+def image_identity(item: np.ndarray | Path) -> str:
+    """What anything computed from an image depends on, cheaply: a file's resolved path, size
+    and modification time, or an in-memory image's shape and pixels (cache keys)."""
+    if isinstance(item, Path):
+        stat = item.stat()
+        return f"{item.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    digest = hashlib.sha1(repr(item.shape).encode())
+    digest.update(np.ascontiguousarray(item).tobytes())
+    return digest.hexdigest()

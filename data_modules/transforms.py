@@ -97,6 +97,26 @@ def build_transforms(config: dict[str, Any],
             T.Compose([*geometry.resize_and_crop(), *_to_normalized_tensor(config)]))
 
 
+#: Transform classes whose output is random by design (besides the ``Random*`` ones).
+_RANDOM_NAMES = ("AutoAugment", "AugMix", "RandAugment", "TrivialAugmentWide")
+
+
+def leaves(transform: Any) -> list[Any]:
+    """The individual transforms inside (nested) Compose/Sequential pipelines."""
+    inner = getattr(transform, "transforms", None)
+    if isinstance(transform, nn.Sequential):
+        inner = list(transform)
+    if inner is None:
+        return [transform]
+    return [leaf for part in inner for leaf in leaves(part)]
+
+
+def random_transforms(transform: Any) -> list[str]:
+    """Names of the random operations in a transform pipeline."""
+    names = [type(leaf).__name__ for leaf in leaves(transform)]
+    return [n for n in names if n.startswith("Random") or n in _RANDOM_NAMES]
+
+
 # Augmentation policies; each YAML in conf/augment is a partial of one of these.
 
 def none(geometry: Geometry) -> list[nn.Module]:

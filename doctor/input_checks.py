@@ -12,35 +12,17 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 from torchvision import transforms as v1
 from torchvision.transforms import v2
 
+from data_modules.transforms import leaves, random_transforms
 from doctor.findings import Finding
 
-#: Transform classes whose output is random by design.
-_RANDOM_NAMES = ("AutoAugment", "AugMix", "RandAugment", "TrivialAugmentWide")
 _TOLERANCE = 1e-3
 
 
-def _leaves(transform: Any) -> list[Any]:
-    """The individual transforms inside (nested) Compose/Sequential pipelines."""
-    inner = getattr(transform, "transforms", None)
-    if isinstance(transform, nn.Sequential):
-        inner = list(transform)
-    if inner is None:
-        return [transform]
-    return [leaf for part in inner for leaf in _leaves(part)]
-
-
-def random_transforms(transform: Any) -> list[str]:
-    """Names of the random operations in a transform pipeline."""
-    names = [type(leaf).__name__ for leaf in _leaves(transform)]
-    return [n for n in names if n.startswith("Random") or n in _RANDOM_NAMES]
-
-
 def _normalization(transform: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    for leaf in _leaves(transform):
+    for leaf in leaves(transform):
         if isinstance(leaf, v1.Normalize | v2.Normalize):
             return tuple(map(float, leaf.mean)), tuple(map(float, leaf.std))
     return None

@@ -37,16 +37,6 @@ EXAMPLES = 3
 _BLOCK = 4_000_000
 
 
-def identity(item: np.ndarray | Path) -> str:
-    """What an image's fingerprint depends on, cheaply: file path + size + mtime, or pixels."""
-    if isinstance(item, Path):
-        stat = item.stat()
-        return f"{item.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    digest = hashlib.sha1(repr(item.shape).encode())
-    digest.update(np.ascontiguousarray(item).tobytes())
-    return digest.hexdigest()
-
-
 def exact_hash(image: Image.Image) -> str:
     digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
     digest.update(image.tobytes())

@@ -34,6 +34,7 @@ import timm.data
 import torch
 
 from data_modules.datamodules import ClassificationDataModule, ImageDataset
+from data_modules.images import image_identity
 from doctor.balance import ClassCounts, check_balance, check_labels
 from doctor.findings import Finding
 from doctor.input_checks import (
@@ -42,7 +43,7 @@ from doctor.input_checks import (
     check_normalization,
     check_statistics,
 )
-from doctor.leakage import FingerprintCache, check_leakage, identity
+from doctor.leakage import FingerprintCache, check_leakage
 from doctor.model_checks import check_model
 from sweeps.errors import PlateauError, console
 
@@ -157,7 +158,7 @@ def _leakage(train: ImageDataset, val: ImageDataset, settings: PreflightSettings
     datasets = [(train, i) for i in range(len(train))] + [(val, i) for i in range(len(val))]
     files = [str(item.resolve().parent) for item in items if isinstance(item, Path)]
     location = os.path.commonpath(files) if len(files) == len(items) and files else None
-    prints = cache.fingerprints([identity(item) for item in items],
+    prints = cache.fingerprints([image_identity(item) for item in items],
                                 lambda k: datasets[k][0].image(datasets[k][1]), location)
     split = len(train)
     train_prints = type(prints)(prints.exact[:split], prints.perceptual[:split])
@@ -184,8 +185,8 @@ def run_preflight(model: torch.nn.Module, freezing: object,
     """
     started = time.perf_counter()
     train, val = datamodule.train_set, datamodule.val_set
-    if train is None or val is None:
-        raise ValueError("run_preflight needs a set-up datamodule: call setup('fit') first")
+    if not isinstance(train, ImageDataset) or not isinstance(val, ImageDataset):
+        raise ValueError("run_preflight needs a datamodule of images: call setup('fit') first")
     counts = ClassCounts.from_targets(datamodule.classes, train.targets.numpy(),
                                       val.targets.numpy())
     findings = check_labels(counts, settings.majority_share)

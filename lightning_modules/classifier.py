@@ -92,7 +92,10 @@ class ImageClassifier(pl.LightningModule):
         self.last_val_confusion: list[list[int]] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+        """Logits of a batch of images (N x C x H x W), or of cached backbone features (N x D,
+        see :mod:`data_modules.feature_cache`), which skip the backbone."""
+        features = images if images.ndim == 2 else self.backbone(images)
+        return self.head(features)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection,
               stage: str) -> torch.Tensor:

@@ -40,6 +40,7 @@ class StageFreezing(BaseFinetuning):
         self.train_bn = train_bn
         self._stages: list[Stage] = []
         self._frozen_bns: list[_BatchNorm] = []
+        self._whole_backbone_frozen = False
 
     def frozen_stage_count(self, num_stages: int) -> int:
         """How many stages, counted from the input, are frozen when training starts."""
@@ -49,11 +50,18 @@ class StageFreezing(BaseFinetuning):
         """Validate the strategy against a backbone before a fit; returns the frozen stage count."""
         return self.frozen_stage_count(len(backbone_stages(backbone)))
 
+    def freezes_whole_backbone(self, backbone: nn.Module) -> bool:
+        """The backbone is a fixed function for the whole fit: every stage frozen from the start,
+        BatchNorm statistics included, nothing unfrozen later. The backbone then runs in eval
+        mode throughout (no dropout or stochastic depth), so its features can be cached."""
+        return not self.train_bn and self.check(backbone) == len(backbone_stages(backbone))
+
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         self._stages = backbone_stages(pl_module.backbone)  # type: ignore[arg-type]
         count = self.frozen_stage_count(len(self._stages))
         for stage in self._stages[:count]:
             self._freeze_stage(stage)
+        self._whole_backbone_frozen = self.freezes_whole_backbone(pl_module.backbone)  # type: ignore[arg-type]
 
     def finetune_function(
         self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer
@@ -66,6 +74,8 @@ class StageFreezing(BaseFinetuning):
         # would otherwise let frozen BatchNorm layers drift.
         for bn in self._frozen_bns:
             bn.eval()
+        if self._whole_backbone_frozen:
+            pl_module.backbone.eval()  # type: ignore[union-attr]
 
     def _freeze_stage(self, stage: Stage) -> None:
         bn_params = {id(p) for bn in stage.batchnorms for p in bn.parameters(recurse=False)}
@@ -94,6 +104,9 @@ class TrainAll(StageFreezing):
 
     def check(self, backbone: nn.Module) -> int:
         return 0
+
+    def freezes_whole_backbone(self, backbone: nn.Module) -> bool:
+        return False
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         """Nothing to freeze; does not need a stage structure."""
@@ -162,6 +175,9 @@ class GradualUnfreeze(StageFreezing):
 
     def frozen_stage_count(self, num_stages: int) -> int:
         return num_stages
+
+    def freezes_whole_backbone(self, backbone: nn.Module) -> bool:
+        return False  # stages unfreeze at the milestones
 
     def finetune_function(
         self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer

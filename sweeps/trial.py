@@ -19,6 +19,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from data_modules.class_balance import ClassWeighting
 from data_modules.datamodules import ClassificationDataModule
+from data_modules.feature_cache import FeatureCache, attach_features
+from data_modules.transforms import random_transforms
 from doctor.diagnosis import Diagnosis, Thresholds
 from doctor.preflight import PreflightReport, PreflightSettings, cache_root, run_preflight
 from doctor.recorder import CurveRecorder
@@ -185,6 +187,7 @@ def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
         report.show()
         report.raise_for_errors()
         tags.update(report.tags())
+    tags["plateau.feature_cache"] = _use_feature_cache(cfg, parts)
     model, datamodule = parts.model, parts.datamodule
     curves = CurveRecorder(build_thresholds(cfg))
     logger = tracking.create_logger(cfg, tags)
@@ -197,6 +200,25 @@ def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
         logger.log_hyperparams({"model.trainable_params": trainable, "model.total_params": total,
                                 "data.num_classes": datamodule.num_classes})
     return PreparedTrial(model, datamodule, trainer, logger, curves)
+
+
+def _use_feature_cache(cfg: DictConfig, parts: TrialParts) -> str:
+    """Train on cached backbone features when nothing of the backbone can change during the
+    fit and training images are transformed deterministically (``feature_cache``).
+
+    Returns how: ``hit`` (both splits cached), ``computed``, or ``off``.
+    """
+    backbone = parts.model.backbone
+    if not (cfg.get("feature_cache", False) and isinstance(parts.freezing, StageFreezing)
+            and parts.freezing.freezes_whole_backbone(backbone)
+            and not random_transforms(parts.datamodule.train_transform)):
+        return "off"
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    cache = FeatureCache(cache_root(cfg.get("cache_dir")) / "features")
+    hit = attach_features(parts.datamodule, backbone, cache,
+                          torch.device("cuda" if on_gpu else "cpu"))
+    return "hit" if hit else "computed"
 
 
 def build_thresholds(cfg: DictConfig) -> Thresholds:
