@@ -100,6 +100,8 @@ class ImageClassifier(pl.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection,
               stage: str) -> torch.Tensor:
         images, targets = batch
+        if images.ndim == 4 and self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
         logits = self(images)
         # Validation loss is plain cross-entropy: label smoothing and class weights would give
         # every trial its own loss scale, and the pruner compares trials by this value.
@@ -119,6 +121,12 @@ class ImageClassifier(pl.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, self.val_metrics, "val")
+
+    def on_fit_start(self) -> None:
+        # On a GPU, convolutions run faster on NHWC (channels-last) tensors, above all under
+        # bf16 autocast (tensor cores); the CPU path keeps the default layout.
+        if self.device.type == "cuda":
+            self.to(memory_format=torch.channels_last)
 
     def on_train_epoch_start(self) -> None:
         trainable, total = self.parameter_counts()

@@ -1,0 +1,86 @@
+"""P3, orchestration overhead: one trial through ``python sweep.py`` vs a bare Lightning fit.
+
+Both run as fresh processes on the embedded default (digits, EfficientNet-Lite0, depth-2
+freezing) for the same epochs, timed from process start to exit:
+
+* ``python sweep.py`` with everything plateau adds: Hydra's entry and output folder, the
+  preflight, the MLflow run (params, per-epoch metrics, config artifact, tags), the curve
+  recorder and the diagnosis;
+* the same model and data objects fitted by a plain ``lightning.pytorch.Trainer`` with no
+  logger and only the freezing callback (``--bare``: this file's own bare mode).
+
+Target: <= 1.05x.
+
+    python benchmarks/overhead.py                  # about 3 minutes on 2 CPU cores
+    python benchmarks/overhead.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def bare(epochs: int) -> None:
+    """The bare fit: plateau's model and data, a plain Trainer, nothing else."""
+    sys.path.insert(0, str(ROOT))
+    import lightning.pytorch as pl
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.trial import build_parts
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["logger=none"])
+    parts = build_parts(cfg)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=False, num_sanity_val_steps=0,
+                         callbacks=[parts.freezing])
+    trainer.fit(parts.model, datamodule=parts.datamodule)
+
+
+def timed(args: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        bare(args.epochs)
+        return
+    plateau, plain = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp)
+        os.environ["PLATEAU_CACHE_DIR"] = str(cwd / "cache")
+        ENV["PLATEAU_CACHE_DIR"] = str(cwd / "cache")
+        for _ in range(args.repeats):  # alternate, so drifting machine load hits both
+            plateau.append(timed([str(ROOT / "sweep.py"), f"trainer.max_epochs={args.epochs}",
+                                  "+trainer.enable_progress_bar=false"], cwd))
+            plain.append(timed([__file__, "--bare", f"--epochs={args.epochs}"], cwd))
+    t_plateau, t_plain = statistics.median(plateau), statistics.median(plain)
+    print(f"one default trial, {args.epochs} epochs, median of {args.repeats}:")
+    print(f"  python sweep.py      {t_plateau:7.1f} s   {[round(t, 1) for t in plateau]}")
+    print(f"  bare Lightning fit   {t_plain:7.1f} s   {[round(t, 1) for t in plain]}")
+    print(f"overhead ratio: {t_plateau / t_plain:.3f}x (target <= 1.05x)")
+
+
+if __name__ == "__main__":
+    main()
