@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from data_modules.class_balance import ClassWeighting
-from data_modules.images import load_rgb
+from data_modules.images import decode
 from data_modules.transforms import Augmentation, build_transforms, resolve_data_config
 from sweeps.errors import PlateauError
 
@@ -42,10 +42,7 @@ class ImageDataset(Dataset):
 
     def image(self, index: int) -> Image.Image:
         """The decoded RGB image, before any transform."""
-        item = self.items[index]
-        if isinstance(item, Path):
-            return load_rgb(item)
-        return Image.fromarray(item).convert("RGB")
+        return decode(self.items[index])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.image(index)), int(self.targets[index])

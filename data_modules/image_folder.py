@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from data_modules.datamodules import ClassificationDataModule, Item, Split
+from data_modules.cache_dir import cache_root
+from data_modules.datamodules import ClassificationDataModule, ImageDataset, Item, Split
+from data_modules.decoded_cache import validation_resize, with_decoded_cache
 from data_modules.images import IMAGE_SUFFIXES
 from sweeps.errors import PlateauError
+
+log = logging.getLogger(__name__)
 
 
 def _visible(name: str) -> bool:
@@ -59,11 +64,18 @@ class ImageFolderDataModule(ClassificationDataModule):
 
     Args:
         root: the folder (``data.root``).
+        decoded_cache: decode and resize each file once into a memory-mapped cache
+            (:mod:`data_modules.decoded_cache`; validation tensors stay bit-identical) when
+            ``setup`` runs, instead of decoding every image in every epoch.
+        cache_dir: plateau's cache folder; None: ``$PLATEAU_CACHE_DIR`` or ``~/.cache/plateau``.
         **kwargs: see :class:`~data_modules.datamodules.ClassificationDataModule`.
     """
 
-    def __init__(self, root: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, root: str | None = None, decoded_cache: bool = False,
+                 cache_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.decoded_cache = decoded_cache
+        self.cache_dir = cache_root(cache_dir)
         if root is None or str(root) in ("", "???"):
             raise PlateauError(
                 "data.root is not set: point it at a folder of class subfolders, "
@@ -95,3 +107,19 @@ class ImageFolderDataModule(ClassificationDataModule):
         items, targets = _flatten(classes, names)
         train_split, val_split = self.split(items, targets)
         return names, train_split, val_split
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        super().setup(stage)
+        train, val = self.train_set, self.val_set
+        if self.decoded_cache and isinstance(train, ImageDataset) and isinstance(val, ImageDataset):
+            self.train_set, self.val_set = self._cached(train, val)
+
+    def _cached(self, train: ImageDataset, val: ImageDataset) -> list[ImageDataset]:
+        resize = validation_resize(self.val_transform)
+        if resize is None:
+            log.warning("decoded-image cache off: the validation transform has no Resize")
+            return [train, val]
+        return with_decoded_cache([train, val], self.cache_dir / "decoded", resize,
+                                  threads=self.num_workers)

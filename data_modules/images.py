@@ -51,3 +51,10 @@ def image_identity(item: np.ndarray | Path) -> str:
     digest = hashlib.sha1(repr(item.shape).encode())
     digest.update(np.ascontiguousarray(item).tobytes())
     return digest.hexdigest()
+
+
+def decode(item: np.ndarray | Path) -> Image.Image:
+    """An image file or a uint8 array (H x W or H x W x 3) as an RGB image."""
+    if isinstance(item, Path):
+        return load_rgb(item)
+    return Image.fromarray(item).convert("RGB")

@@ -34,7 +34,7 @@ import timm.data
 import torch
 
 from data_modules.datamodules import ClassificationDataModule, ImageDataset
-from data_modules.images import image_identity
+from data_modules.images import decode, image_identity
 from doctor.balance import ClassCounts, check_balance, check_labels
 from doctor.findings import Finding
 from doctor.input_checks import (
@@ -48,15 +48,6 @@ from doctor.model_checks import check_model
 from sweeps.errors import PlateauError, console
 
 log = logging.getLogger(__name__)
-
-CACHE_ENV = "PLATEAU_CACHE_DIR"
-
-
-def cache_root(configured: str | None) -> Path:
-    """plateau's cache folder: ``cache_dir`` if set, else ``$PLATEAU_CACHE_DIR``, else
-    ``~/.cache/plateau``."""
-    return Path(configured or os.environ.get(CACHE_ENV) or "~/.cache/plateau").expanduser()
-
 
 @dataclass(frozen=True)
 class PreflightSettings:
@@ -155,11 +146,11 @@ def _sample(dataset: ImageDataset, count: int) -> list[int]:
 def _leakage(train: ImageDataset, val: ImageDataset, settings: PreflightSettings,
              cache: FingerprintCache) -> list[Finding]:
     items = [*train.items, *val.items]
-    datasets = [(train, i) for i in range(len(train))] + [(val, i) for i in range(len(val))]
     files = [str(item.resolve().parent) for item in items if isinstance(item, Path)]
     location = os.path.commonpath(files) if len(files) == len(items) and files else None
+    # The files as stored, not as a decoded-image cache serves them (pre-resized).
     prints = cache.fingerprints([image_identity(item) for item in items],
-                                lambda k: datasets[k][0].image(datasets[k][1]), location)
+                                lambda k: decode(items[k]), location)
     split = len(train)
     train_prints = type(prints)(prints.exact[:split], prints.perceptual[:split])
     val_prints = type(prints)(prints.exact[split:], prints.perceptual[split:])

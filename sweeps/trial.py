@@ -17,12 +17,13 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
+from data_modules.cache_dir import cache_root
 from data_modules.class_balance import ClassWeighting
 from data_modules.datamodules import ClassificationDataModule
 from data_modules.feature_cache import FeatureCache, attach_features
 from data_modules.transforms import random_transforms
 from doctor.diagnosis import Diagnosis, Thresholds
-from doctor.preflight import PreflightReport, PreflightSettings, cache_root, run_preflight
+from doctor.preflight import PreflightReport, PreflightSettings, run_preflight
 from doctor.recorder import CurveRecorder
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.freezing import StageFreezing
