@@ -6,7 +6,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 import timm.data
@@ -31,6 +31,8 @@ from sweeps import tracking
 from sweeps.errors import PlateauError, console
 
 log = logging.getLogger(__name__)
+
+SettingsT = TypeVar("SettingsT")
 
 METRICS = ("val/loss", "val/acc", "val/balanced_acc", "val/f1_macro")
 DIRECTIONS = ("maximize", "minimize")
@@ -148,13 +150,18 @@ def build_parts(cfg: DictConfig) -> TrialParts:
     return TrialParts(model, freezing, datamodule, weighting)
 
 
+def _doctor_settings(cfg: DictConfig, key: str, schema: type[SettingsT]) -> SettingsT:
+    """``schema(**cfg.doctor.<key>)``, a bad key or value as a one-line error."""
+    values = OmegaConf.select(cfg, f"doctor.{key}") or {}
+    try:
+        return schema(**values)
+    except (TypeError, ValueError) as err:
+        raise PlateauError(f"doctor.{key}: {err}") from err
+
+
 def preflight_settings(cfg: DictConfig) -> PreflightSettings:
     """The preflight's settings from ``cfg.doctor.preflight``."""
-    values = OmegaConf.select(cfg, "doctor.preflight") or {}
-    try:
-        return PreflightSettings(**values)
-    except (TypeError, ValueError) as err:
-        raise PlateauError(f"doctor.preflight: {err}") from err
+    return _doctor_settings(cfg, "preflight", PreflightSettings)
 
 
 def preflight(cfg: DictConfig, parts: TrialParts) -> PreflightReport:
@@ -224,11 +231,7 @@ def _use_feature_cache(cfg: DictConfig, parts: TrialParts) -> str:
 
 def build_thresholds(cfg: DictConfig) -> Thresholds:
     """The doctor's diagnosis thresholds from ``cfg.doctor.thresholds``."""
-    values = OmegaConf.select(cfg, "doctor.thresholds") or {}
-    try:
-        return Thresholds(**values)
-    except (TypeError, ValueError) as err:
-        raise PlateauError(f"doctor.thresholds: {err}") from err
+    return _doctor_settings(cfg, "thresholds", Thresholds)
 
 
 def best_objective(model: ImageClassifier) -> float:
