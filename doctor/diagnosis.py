@@ -1,8 +1,9 @@
 """Per-trial diagnosis from the trial's own learning curves and validation predictions.
 
 =====================  ===================================================================
-``diverged``           a non-finite loss, or validation loss rising from the first epoch
-                       (learning rate too high)
+``diverged``           a non-finite loss, a training loss exploding (10x that of guessing)
+                       or ending above its start, or validation loss rising from the first
+                       epoch (learning rate too high)
 ``no_progress``        the training loss barely moves (learning rate too low, or nothing
                        trains); such a model often also answers one class
 ``majority_collapse``  (almost) every validation image gets one class while the loss does
@@ -32,7 +33,10 @@ class Thresholds:
 
     Attributes:
         divergence_rise: validation loss ending this fraction above its first value, never
-            having improved on it by more than the same fraction, is divergence.
+            having improved on it by more than the same fraction, is divergence; so is a
+            training loss ending this fraction above its first value.
+        explosion_factor: a training loss above this many times the loss of guessing
+            uniformly (ln of the number of classes) is divergence.
         collapse_share: share of validation predictions in one class that is a collapse.
         no_progress_drop: the training loss falling by less than this fraction of its first
             value is no progress.
@@ -43,6 +47,7 @@ class Thresholds:
     """
 
     divergence_rise: float = 0.1
+    explosion_factor: float = 10.0
     collapse_share: float = 0.9
     no_progress_drop: float = 0.02
     overfit_gap: float = 0.15
@@ -101,12 +106,20 @@ def diagnose(curves: Curves, thresholds: Thresholds | None = None) -> Diagnosis:
     if not _finite(curves.train_loss) or not _finite(curves.val_loss):
         return Diagnosis("diverged", "the loss became NaN/inf: the learning rate is too high "
                                      "(or the data holds NaN)")
+    train = curves.train_loss
+    chance = math.log(len(curves.confusion)) if len(curves.confusion) >= 2 else None
+    if train and chance and max(train) > t.explosion_factor * chance:
+        return Diagnosis("diverged", f"training loss reached {max(train):.3g}, "
+                                     f"{max(train) / chance:.0f}x the {chance:.2f} of guessing: "
+                                     "the learning rate is too high")
+    if len(train) >= 2 and train[-1] > train[0] * (1 + t.divergence_rise):
+        return Diagnosis("diverged", f"training loss rose from {train[0]:.3f} to {train[-1]:.3f}: "
+                                     "lower the learning rate")
     val = curves.val_loss
     if len(val) >= 2 and val[-1] > val[0] * (1 + t.divergence_rise) \
             and min(val) >= val[0] * (1 - t.divergence_rise):
         return Diagnosis("diverged", f"validation loss rose from {val[0]:.3f} to {val[-1]:.3f} "
                                      "without ever improving: lower the learning rate")
-    train = curves.train_loss
     if len(train) >= 2 and train[0] > 0 and (train[0] - min(train)) < t.no_progress_drop * train[0]:
         return Diagnosis("no_progress", f"training loss barely moved ({train[0]:.3f} -> "
                                         f"{min(train):.3f}): raise the learning rate or "

@@ -23,6 +23,12 @@ CASES = {
     "healthy": (HEALTHY, "healthy"),
     "nan loss": (curves([1.0, math.nan], [1.0, 1.2], [0.4, 0.3], [0.3, 0.3]), "diverged"),
     "inf val loss": (curves([1.0, 0.9], [1.0, math.inf], [0.4, 0.5], [0.3, 0.3]), "diverged"),
+    "train loss exploding far above guessing": (
+        curves([60.0, 250.0, 90.0], [2e11, 1e8, 7e5], [0.3, 0.3, 0.3], [0.3, 0.3, 0.3]),
+        "diverged"),
+    "train loss ending above its start": (
+        curves([1.0, 1.05, 1.2], [1.0, 0.9, 0.95], [0.4, 0.4, 0.35], [0.4, 0.4, 0.4]),
+        "diverged"),
     "val loss rising from the start": (
         curves([2.0, 2.5, 3.5], [1.1, 1.9, 3.0], [0.3, 0.3, 0.3], [0.3, 0.3, 0.3]), "diverged"),
     "one class predicted": (
