@@ -31,7 +31,9 @@ pytestmark = pytest.mark.slow
 TINY = ["data=synthetic", "backbone=test_resnet", "trainer=cpu"]
 #: Trials of a few seconds (6 epochs; the first of a process is slower): long enough to stop
 #: one between epochs, short enough that the re-run's whole budget takes seconds.
-SLOW_TRIALS = [*TINY, "trainer.max_epochs=6", "data.images_per_class=48"]
+# Slow enough that a signal lands mid-trial: no frozen-feature cache (a cached linear probe
+# runs its 6 epochs in well under a second).
+SLOW_TRIALS = [*TINY, "trainer.max_epochs=6", "data.images_per_class=48", "feature_cache=false"]
 RESUME_BUDGET = 3
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
