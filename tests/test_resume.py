@@ -125,8 +125,12 @@ def stop_mid_trial_and_resume(args: Sequence[str], cwd: Path, sig: signal.Signal
     """Start a sweep, send ``sig`` once a trial is RUNNING and has reported an epoch, then
     run the same command again."""
     log = cwd / "first_sweep.err"
-    with log.open("w") as err, subprocess.Popen(command(*args), cwd=cwd, env=ENV, stderr=err,
-                                                stdout=subprocess.PIPE, text=True) as proc:
+    # As from an interactive shell: Ctrl-C at its default. Under a non-interactive shell's
+    # background job (`cmd &`) SIGINT is ignored, children inherit that, and Python then
+    # installs no KeyboardInterrupt handler at all.
+    with log.open("w") as err, subprocess.Popen(
+            command(*args), cwd=cwd, env=ENV, stderr=err, stdout=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
         deadline = time.monotonic() + timeout
         cut = None
         while cut is None:
