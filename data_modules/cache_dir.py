@@ -3,7 +3,11 @@ leakage checks), decoded images and frozen backbone features."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 CACHE_ENV = "PLATEAU_CACHE_DIR"
@@ -13,3 +17,34 @@ def cache_root(configured: str | None) -> Path:
     """plateau's cache folder: ``cache_dir`` if set, else ``$PLATEAU_CACHE_DIR``, else
     ``~/.cache/plateau``."""
     return Path(configured or os.environ.get(CACHE_ENV) or "~/.cache/plateau").expanduser()
+
+
+@contextlib.contextmanager
+def publish_entry(folder: Path) -> Iterator[Path]:
+    """A staging folder beside ``folder`` to write a cache entry into.
+
+    When the block ends without an error the staging folder is renamed to ``folder`` in one
+    step, so concurrent readers never see a half-written entry; if another process published
+    ``folder`` first, theirs is kept. The staging folder is always removed.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        yield staging
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not folder.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def discard_entry(folder: Path) -> None:
+    """Move a damaged cache entry out of the way (atomically), then delete it."""
+    trash = folder.with_name(f".{folder.name}.{os.getpid()}.damaged")
+    try:
+        folder.rename(trash)
+    except OSError:  # another process moved it first
+        return
+    shutil.rmtree(trash, ignore_errors=True)

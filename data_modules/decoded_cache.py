@@ -29,9 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +42,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from data_modules import images
+from data_modules.cache_dir import discard_entry, publish_entry
 from data_modules.datamodules import ImageDataset
 from sweeps.errors import PlateauError
 
@@ -183,7 +181,7 @@ class DecodedCache:
                 return decoded
             except Exception as err:  # noqa: BLE001 -- a damaged entry of any kind is rebuilt
                 log.warning("rebuilding damaged decoded-image cache %s (%s)", folder, err)
-                _discard(folder)
+                discard_entry(folder)
         try:
             self._build(folder, files)
             decoded = DecodedImages.open(folder, len(files))
@@ -208,9 +206,7 @@ class DecodedCache:
         return np.asarray(image, dtype=np.uint8)
 
     def _build(self, folder: Path, files: Sequence[Path]) -> None:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        try:
+        with publish_entry(folder) as staging:
             index = np.zeros((len(files), 3), dtype=np.int64)
             offset = 0
             pool = ThreadPoolExecutor(self.threads)
@@ -226,23 +222,6 @@ class DecodedCache:
             (staging / META).write_text(json.dumps({
                 "format": FORMAT, "count": len(files), "short_side": self.short_side,
                 "interpolation": self.resize.interpolation.value, "bytes": offset}))
-            try:
-                staging.rename(folder)  # atomic: readers never see a half-written entry
-            except OSError:
-                if not folder.is_dir():
-                    raise  # else another trial stored the same entry first: use theirs
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _discard(folder: Path) -> None:
-    """Move a damaged entry out of the way (atomically), then delete it."""
-    trash = folder.with_name(f".{folder.name}.{os.getpid()}.damaged")
-    try:
-        folder.rename(trash)
-    except OSError:  # another trial moved it first
-        return
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def with_decoded_cache(datasets: Sequence[ImageDataset], root: Path, resize: T.Resize,

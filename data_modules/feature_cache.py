@@ -20,8 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_modules.cache_dir import discard_entry, publish_entry
 from data_modules.datamodules import ClassificationDataModule, FeatureDataset, ImageDataset
 from data_modules.images import image_identity
 
@@ -92,7 +91,7 @@ class FeatureCache:
                 return np.load(folder / FEATURES, mmap_mode="r"), True
             except (OSError, ValueError) as err:  # a damaged entry is rebuilt
                 log.warning("rebuilding unreadable feature cache %s (%s)", folder, err)
-                shutil.rmtree(folder, ignore_errors=True)
+                discard_entry(folder)
         started = time.perf_counter()
         features = compute()
         log.info("computed %d backbone features in %.1f s", len(features),
@@ -104,13 +103,8 @@ class FeatureCache:
     @staticmethod
     def _save(folder: Path, features: np.ndarray) -> None:
         try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-            np.save(staging / FEATURES, features)
-            try:
-                staging.rename(folder)  # atomic: readers never see a half-written entry
-            except OSError:  # another trial stored the same features first
-                shutil.rmtree(staging, ignore_errors=True)
+            with publish_entry(folder) as staging:
+                np.save(staging / FEATURES, features)
         except OSError as err:
             log.warning("feature cache not written to %s (%s)", folder, err)
 

@@ -23,7 +23,6 @@ Errors stop the run before its MLflow run exists; warnings are printed and tagge
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -43,11 +42,10 @@ from doctor.input_checks import (
     check_normalization,
     check_statistics,
 )
-from doctor.leakage import FingerprintCache, check_leakage
+from doctor.leakage import FingerprintCache, Fingerprints, check_leakage
 from doctor.model_checks import check_model
 from sweeps.errors import PlateauError, console
 
-log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PreflightSettings:
@@ -152,8 +150,8 @@ def _leakage(train: ImageDataset, val: ImageDataset, settings: PreflightSettings
     prints = cache.fingerprints([image_identity(item) for item in items],
                                 lambda k: decode(items[k]), location)
     split = len(train)
-    train_prints = type(prints)(prints.exact[:split], prints.perceptual[:split])
-    val_prints = type(prints)(prints.exact[split:], prints.perceptual[split:])
+    train_prints = Fingerprints(prints.exact[:split], prints.perceptual[:split])
+    val_prints = Fingerprints(prints.exact[split:], prints.perceptual[split:])
     return check_leakage(train_prints, val_prints, _names(train, "train"), _names(val, "val"),
                          settings.near_duplicate_distance)
 

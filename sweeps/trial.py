@@ -60,8 +60,13 @@ def resolve_precision(trainer_cfg: DictConfig) -> str | int:
     precision = trainer_cfg.get("precision", "auto")
     if precision != "auto":
         return precision
-    on_gpu = trainer_cfg.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if _on_gpu(trainer_cfg) and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _on_gpu(trainer_cfg: DictConfig) -> bool:
+    """The trainer will run on a CUDA GPU (``accelerator`` auto/gpu/cuda, and one is visible)."""
+    return trainer_cfg.get("accelerator", "auto") in ("auto", "gpu", "cuda") \
+        and torch.cuda.is_available()
 
 
 def check_objective(cfg: DictConfig) -> tuple[str, str]:
@@ -221,11 +226,9 @@ def _use_feature_cache(cfg: DictConfig, parts: TrialParts) -> str:
             and parts.freezing.freezes_whole_backbone(backbone)
             and not random_transforms(parts.datamodule.train_transform)):
         return "off"
-    accelerator = cfg.trainer.get("accelerator", "auto")
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     cache = FeatureCache(cache_root(cfg.get("cache_dir")) / "features")
     hit = attach_features(parts.datamodule, backbone, cache,
-                          torch.device("cuda" if on_gpu else "cpu"))
+                          torch.device("cuda" if _on_gpu(cfg.trainer) else "cpu"))
     return "hit" if hit else "computed"
 
 
