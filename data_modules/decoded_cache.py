@@ -44,6 +44,7 @@ from torchvision.transforms import v2 as T
 from data_modules import images
 from data_modules.cache_dir import discard_entry, publish_entry
 from data_modules.datamodules import ImageDataset
+from data_modules.transforms import leaves
 from sweeps.errors import PlateauError
 
 log = logging.getLogger(__name__)
@@ -130,11 +131,8 @@ def stamp(path: Path) -> tuple[int, int]:
 
 
 def validation_resize(transform: Any) -> T.Resize | None:
-    """The ``Resize`` of a validation pipeline (the first one), or None."""
-    for step in getattr(transform, "transforms", []):
-        if isinstance(step, T.Resize):
-            return step
-    return None
+    """The ``Resize`` of a validation pipeline (the first one, nested ones included), or None."""
+    return next((step for step in leaves(transform) if isinstance(step, T.Resize)), None)
 
 
 class DecodedCache:

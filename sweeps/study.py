@@ -36,18 +36,11 @@ from sweeps.storage import (
 )
 from sweeps.study_report import StudyReport
 from sweeps.study_runs import StudyRun
+from sweeps.study_trial import is_finished
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("maximize", "minimize")
-
-
-def is_finished(trial: FrozenTrial) -> bool:
-    """Counts toward ``n_trials``: COMPLETE, PRUNED, or FAIL not caused by an interruption."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and not trial.user_attrs.get(
-        study_trial.ATTR_INTERRUPTED, False)
 
 
 def _plain(node: DictConfig | None) -> dict[str, Any]:

@@ -98,11 +98,6 @@ class StudyReport:
         return label, failures[label]
 
 
-def counted(trial: FrozenTrial) -> bool:
-    """Ended on its own: COMPLETE, PRUNED, or FAIL not caused by a stopped sweep."""
-    return trial.state.is_finished() and not trial.user_attrs.get(study_trial.ATTR_INTERRUPTED)
-
-
 def importances(study: optuna.Study, complete: list[FrozenTrial]) -> tuple[dict[str, float], str]:
     """Normalized fANOVA importances of the knobs every complete trial has, most important
     first; empty with the reason when they cannot be computed. The note names the knobs left
@@ -174,7 +169,7 @@ def class_recall(trial: FrozenTrial | None) -> tuple[list[ClassRecall], str]:
 def build(study: optuna.Study, objective: str = "objective",
           monitor: str = "val/loss") -> StudyReport:
     """The report of ``study``; ``objective`` and ``monitor`` only label values and axes."""
-    trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
+    trials = [t for t in study.get_trials(deepcopy=False) if study_trial.is_finished(t)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     found, note = importances(study, complete)
     best = study.best_trial if complete else None

@@ -117,6 +117,14 @@ class TrialReporter(pl.Callback):
                                        "(competitive: completed early)")
 
 
+def is_finished(trial: FrozenTrial) -> bool:
+    """Counts toward ``n_trials`` (and in the study report): COMPLETE, PRUNED, or FAIL not
+    caused by an interruption (see :func:`abandon`)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and not trial.user_attrs.get(ATTR_INTERRUPTED, False)
+
+
 def abandon(study: optuna.Study, trial: FrozenTrial) -> None:
     """Fail a trial cut off by an interrupted or killed sweep and queue its params again.
 
