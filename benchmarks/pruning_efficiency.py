@@ -8,6 +8,10 @@ of each, and their ratios. Target: >= 5x fewer trial-epochs, best within 0.5 poi
 
     python benchmarks/pruning_efficiency.py                         # ~40 min on 2 CPU cores
     python benchmarks/pruning_efficiency.py --trials 6 --epochs 8   # a quicker look
+    python benchmarks/pruning_efficiency.py --keep runs/p1          # keep both studies
+
+Per trial it also prints the epochs run and how the trial ended, so a miss can be traced to
+the trials that ran long.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ def sweep(pruner: str, trials: int, epochs: int, cwd: Path) -> Outcome:
         sys.exit(f"sweep.py {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     study = optuna.load_study(study_name="plateau", storage=f"sqlite:///{cwd / 'plateau.db'}")
     trials_ = study.get_trials(deepcopy=False)
+    for t in trials_:
+        value = "" if t.value is None else f"{t.value:.4f}"
+        print(f"  {pruner:>10} trial {t.number:>2}: {len(t.intermediate_values):>2} epochs "
+              f"{t.state.name.lower():<8} {value:>7}  {' '.join(t.user_attrs['overrides'])}")
     return Outcome(pruner, seconds, sum(len(t.intermediate_values) for t in trials_),
                    study.best_value, Counter(t.state.name.lower() for t in trials_))
 
@@ -56,11 +64,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12, help="trial budget of each sweep")
     parser.add_argument("--epochs", type=int, default=15, help="trainer.max_epochs")
+    parser.add_argument("--keep", type=Path, help="keep each sweep's folder (plateau.db) here")
     args = parser.parse_args()
     outcomes = []
     for pruner in ("none", "stagnation"):
         with tempfile.TemporaryDirectory() as tmp:
-            outcomes.append(sweep(pruner, args.trials, args.epochs, Path(tmp)))
+            cwd = Path(tmp) if args.keep is None else args.keep.resolve() / pruner
+            cwd.mkdir(parents=True, exist_ok=True)
+            outcomes.append(sweep(pruner, args.trials, args.epochs, cwd))
             print(f"{pruner:>10}: {outcomes[-1]}", flush=True)
     base, ours = outcomes
     print(f"\n{args.trials} trials x up to {args.epochs} epochs, TPE seed fixed")

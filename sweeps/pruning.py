@@ -23,22 +23,27 @@ def aligned(loss: float, direction: StudyDirection) -> float:
 
 
 class StagnationPruner(BasePruner):
-    """Stop a trial whose reported value has not improved for ``patience`` epochs.
+    """End trials that stall: pruned when behind the others, completed early when ahead.
 
-    A stagnating trial is *pruned* only if it is also not competitive: worse than the median
-    of other trials at the same epoch (``MedianPruner``). A stagnating trial that is
-    competitive is not pruned; :meth:`stagnates` tells the trial to end early as COMPLETE
-    with its best value so far.
+    A trial whose reported value is worse than the median of other trials at the same epoch
+    (``MedianPruner``, after ``n_warmup_steps``) is *pruned*: in a transfer-learning sweep a
+    run that trails after the warm-up rarely overtakes, and a no-pruning sweep spends most of
+    its epochs on such runs. With ``only_stagnating=True`` a trailing trial is pruned only
+    once it also stagnates (a gentler policy for slow starters such as full fine-tuning at a
+    low learning rate). A competitive trial that stagnates -- no improvement for
+    ``patience`` epochs -- is not pruned; :meth:`stagnates` tells it to end early as
+    COMPLETE with its best value so far.
 
     Args:
         patience: epochs without improvement (by more than ``min_delta``) before stagnation.
         min_delta: smallest change of the reported value that counts as improvement.
         n_startup_trials: trials to finish before the median comparison prunes anything.
         n_warmup_steps: epochs before any decision in a trial.
+        only_stagnating: prune a trailing trial only when it stagnates as well.
     """
 
     def __init__(self, patience: int = 2, min_delta: float = 0.0, n_startup_trials: int = 2,
-                 n_warmup_steps: int = 1) -> None:
+                 n_warmup_steps: int = 1, only_stagnating: bool = False) -> None:
         if patience < 1:
             raise ValueError(f"patience={patience} must be at least 1")
         if min_delta < 0.0:
@@ -46,6 +51,7 @@ class StagnationPruner(BasePruner):
         self._patience = patience
         self._min_delta = min_delta
         self._n_warmup_steps = n_warmup_steps
+        self._only_stagnating = only_stagnating
         self._median = MedianPruner(n_startup_trials=n_startup_trials,
                                     n_warmup_steps=n_warmup_steps)
 
@@ -65,7 +71,8 @@ class StagnationPruner(BasePruner):
         return max(scores[-self._patience:]) <= best_before + self._min_delta
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
-        if not self.stagnates(values, study.direction):
-            return False
+        if self._only_stagnating:
+            values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
+            if not self.stagnates(values, study.direction):
+                return False
         return bool(self._median.prune(study, trial))

@@ -155,11 +155,36 @@ def test_stagnates_needs_more_than_n_warmup_steps_values(count: int, expected: b
 def test_stagnating_trial_worse_than_median_is_pruned(
     make_study: Callable[..., optuna.Study], direction: str,
 ) -> None:
-    study = make_study(direction, StagnationPruner(patience=2, n_startup_trials=2))
+    study = make_study(direction, StagnationPruner(patience=2, n_startup_trials=2,
+                                                   only_stagnating=True))
     complete_good_trials(study, 3)
 
     # epochs 0-1: too few values for patience 2; epoch 2 on: flat and far below the median
     assert prune_decisions(study, STAGNANT_HIGH) == [False, False, True, True]
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_trailing_trial_is_pruned_after_warmup_without_waiting_to_stagnate(
+    make_study: Callable[..., optuna.Study], direction: str,
+) -> None:
+    study = make_study(direction, StagnationPruner(patience=2, n_startup_trials=2))
+    complete_good_trials(study, 3)
+
+    # epoch 0 is the warm-up; from epoch 1 the trial trails every good trial
+    assert prune_decisions(study, STAGNANT_HIGH) == [False, True, True, True]
+
+
+@pytest.mark.parametrize(("only_stagnating", "expected"),
+                         [(False, [False, True, True, True]), (True, [False] * 4)])
+def test_trailing_but_improving_trial_is_spared_only_when_pruning_only_stagnating(
+    make_study: Callable[..., optuna.Study], only_stagnating: bool, expected: list[bool],
+) -> None:
+    study = make_study("maximize", StagnationPruner(patience=2, n_startup_trials=2,
+                                                    only_stagnating=only_stagnating))
+    complete_good_trials(study, 3)
+
+    # a slow starter: improving every epoch, yet behind the median of the good trials
+    assert prune_decisions(study, [2.0, 1.6, 1.2, 0.9]) == expected
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
