@@ -35,6 +35,8 @@ def trial_table(trials: list[FrozenTrial]) -> Table:
                 or trial.user_attrs.get(study_trial.ATTR_PRUNE_REASON) or "")
         if trial.user_attrs.get(study_trial.ATTR_INTERRUPTED):
             note = "interrupted (re-run)"
+        elif trial.user_attrs.get(study_trial.ATTR_WITHDRAWN):
+            note = "withdrawn: the budget went to another worker"
         table.add_row(str(trial.number), trial.state.name,
                       "" if value is None else f"{value:.4f}", str(epochs),
                       trial.user_attrs.get(study_trial.ATTR_DIAGNOSIS, ""), note[:80])

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, open_dict, read_write
 from optuna.storages import BaseStorage
 
 from sweeps.errors import PlateauError
+from sweeps.races import creating_sqlite, retrying, sqlite_file
 from sweeps.tracking import launch_dir
 
 DEFAULT_STORAGE_FILE = "plateau.db"
@@ -73,13 +74,21 @@ def storage_file(url: str) -> Path | None:
     """The file a ``sqlite:///`` or ``journal:///`` URL stores in; None for a server."""
     if url.startswith("journal:///"):
         return Path("/" + url[len("journal:///"):].lstrip("/"))
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):])
-    return None
+    return sqlite_file(url)
 
 
-def open_storage(url: str) -> str | BaseStorage:
-    """What ``optuna.create_study(storage=...)`` takes for ``url``."""
+#: Seconds a sqlite connection waits for another worker's write lock before failing.
+SQLITE_LOCK_TIMEOUT_S = 60
+
+
+def open_storage(url: str) -> BaseStorage:
+    """The Optuna storage of ``url``, ready for several workers at once.
+
+    sqlite waits up to :data:`SQLITE_LOCK_TIMEOUT_S` for other workers' writes (not 5 s);
+    workers opening a new database together take turns creating its tables
+    (:func:`sweeps.races.creating_sqlite`), and on a server retry instead of failing on each
+    other's (:func:`sweeps.races.retrying`).
+    """
     path = storage_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +98,14 @@ def open_storage(url: str) -> str | BaseStorage:
 
         assert path is not None
         return JournalStorage(JournalFileBackend(str(path)))
-    return url
+    from optuna.storages import RDBStorage
+
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite:"):
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
+    with creating_sqlite(url):
+        return retrying(f"opening {mask_password(url)}",
+                        lambda: RDBStorage(url, engine_kwargs=engine_kwargs))
 
 
 def load_study(url: str, study_name: str, pruner: Any = None) -> optuna.Study:

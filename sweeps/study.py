@@ -11,12 +11,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
@@ -82,8 +84,8 @@ class StudySweeper:
             get_method(custom_search_space) if custom_search_space else None)
         self.monitor = monitor
         self.heartbeat_timeout_s = heartbeat_timeout_s
-        self.job_idx = 0
-        self._in_flight: list[int] = []
+        self._in_flight: set[int] = set()
+        self._lock = threading.Lock()
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -117,7 +119,8 @@ class StudySweeper:
                 "set both to the same direction"
             )
 
-    def _create_study(self, space: SearchSpace, url: str) -> optuna.Study:
+    def _create_study(self, space: SearchSpace, url: str) -> tuple[optuna.Study, bool]:
+        """The study, and whether this worker created it (other workers load it)."""
         sampler = self.sampler
         if isinstance(sampler, functools.partial):  # GridSampler needs the grid
             grid = grid_choices(space)
@@ -127,10 +130,13 @@ class StudySweeper:
                 log.info("grid has %d points: n_trials lowered from %d", size, self.n_trials)
                 self.n_trials = size
         try:
-            return optuna.create_study(study_name=self.study_name, storage=open_storage(url),
-                                       sampler=sampler, pruner=self.pruner,
-                                       direction=StudyDirection[self.direction.upper()],
-                                       load_if_exists=True)
+            settings = dict(study_name=self.study_name, storage=open_storage(url),
+                            sampler=sampler, pruner=self.pruner,
+                            direction=StudyDirection[self.direction.upper()])
+            try:
+                return optuna.create_study(**settings), True
+            except optuna.exceptions.DuplicatedStudyError:
+                return optuna.create_study(**settings, load_if_exists=True), False
         except ValueError as err:  # e.g. an existing study with another direction
             raise PlateauError(f"study '{self.study_name}' in {mask_password(url)}: {err}; "
                                "use another hydra.sweeper.study_name") from err
@@ -140,13 +146,15 @@ class StudySweeper:
                                "check hydra.sweeper.storage") from err
 
     def _recover_stale(self, study: optuna.Study, run: StudyRun,
-                       own: Sequence[int] = ()) -> None:
+                       own: Collection[int] = ()) -> None:
         """Fail trials left RUNNING by a dead sweep (or ``own`` ones) and queue them again."""
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = trial.user_attrs.get(study_trial.ATTR_OWNER, "")
-            alive = study_trial.owner_alive(owner) if owner else False
-            beat = trial.user_attrs.get(study_trial.ATTR_HEARTBEAT, 0.0)
+            # no owner yet: another worker is between asking and suggesting (or died there)
+            alive = study_trial.owner_alive(owner) if owner else None
+            started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+            beat = trial.user_attrs.get(study_trial.ATTR_HEARTBEAT, started)
             stale = not alive and (alive is not None or now - beat >= self.heartbeat_timeout_s)
             if not stale and trial._trial_id not in own:
                 continue
@@ -189,24 +197,50 @@ class StudySweeper:
         trial.set_user_attr(study_trial.ATTR_HEARTBEAT, time.time())
         return overrides
 
-    def _launch(self, study: optuna.Study, space: SearchSpace, count: int) -> list[FrozenTrial]:
-        trials = [study.ask() for _ in range(count)]
-        self._in_flight = [t._trial_id for t in trials]
-        batch = [(*self._suggest(t, space), f"trial_id={t._trial_id}") for t in trials]
-        returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
-        self.job_idx += len(returns)
-        ended = []
-        for trial, result in zip(trials, returns, strict=True):
-            frozen = study._storage.get_trial(trial._trial_id)
-            if frozen.state == TrialState.RUNNING:  # the job died before telling
-                error = getattr(result, "_return_value", None)
-                message = one_line(error) or "the job ended without a result"
-                study._storage.set_trial_user_attr(trial._trial_id, study_trial.ATTR_ERROR,
-                                                   message)
-                study.tell(trial, state=TrialState.FAIL)
-                frozen = study._storage.get_trial(trial._trial_id)
-            ended.append(frozen)
-        return ended
+    def _next_trial(self, study: optuna.Study,
+                    space: SearchSpace) -> tuple[Trial, list[str]] | None:
+        """Ask the next trial of the budget, or None when every unit is claimed.
+
+        Other workers may share the study: a trial asked as the budget ran out elsewhere is
+        withdrawn (see :func:`study_trial.within_budget`).
+        """
+        trials = study.get_trials(deepcopy=False)
+        self._check_failures(trials)
+        if sum(map(study_trial.claims_budget, trials)) >= self.n_trials:
+            return None
+        trial = study.ask()
+        if not study_trial.within_budget(study, trial.number, self.n_trials):
+            study_trial.withdraw(study, trial._trial_id)
+            return None
+        return trial, self._suggest(trial, space)
+
+    def _run_next(self, study: optuna.Study, space: SearchSpace) -> bool:
+        """Run one more trial of the budget as a Hydra job; False when there is none to run."""
+        with self._lock:
+            asked = self._next_trial(study, space)
+            if asked is None:
+                return False
+            trial, overrides = asked
+            self._in_flight.add(trial._trial_id)
+        try:
+            # job number = trial number: unique among workers sharing the sweep folder
+            (result,) = self.launcher.launch([(*overrides, f"trial_id={trial._trial_id}")],
+                                             initial_job_idx=trial.number)
+            self._settle(study, trial, result)
+        finally:
+            with self._lock:
+                self._in_flight.discard(trial._trial_id)
+        return True
+
+    def _settle(self, study: optuna.Study, trial: Trial, result: Any) -> None:
+        """Fail a trial whose job died before telling the study how it ended."""
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state != TrialState.RUNNING:
+            return
+        error = getattr(result, "_return_value", None)
+        message = one_line(error) or "the job ended without a result"
+        study._storage.set_trial_user_attr(trial._trial_id, study_trial.ATTR_ERROR, message)
+        study.tell(trial, state=TrialState.FAIL)
 
     def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
         self._check_settings()
@@ -214,11 +248,12 @@ class StudySweeper:
         space = parse_search_space(self.params, arguments, self.conditional)
         self._preflight()
         url = resolve_storage_url(self.storage)
-        study = self._create_study(space, url)
+        study, created = self._create_study(space, url)
         hide_storage_password(self.config, url)
-        if study.trials:  # a resumed study: do not replay the first sweep's seeded draws
+        if study.trials or not created:
+            # resumed, or another worker's study: do not replay the same seeded draws
             study.sampler.reseed_rng()
-        run = StudyRun.open(self.config, study, url, self.sampler, self.pruner)
+        run = StudyRun.open(self.config, study, url, self.sampler, self.pruner, created)
         console.print(f"study '{self.study_name}' in {mask_password(url)}: budget "
                       f"{self.n_trials} finished trials, {sum(map(is_finished, study.trials))} "
                       "done")
@@ -239,8 +274,15 @@ class StudySweeper:
         finally:
             trials = study.get_trials(deepcopy=False)
             ended = status != "KILLED"
-            written = self._write_report(study, run) if ended else None
-            run.close(study, status)  # after the report: its plots go to the open parent run
+            # Trials still running belong to other workers: the last of them to finish ends
+            # the study's run and writes its report.
+            elsewhere = sum(t.state == TrialState.RUNNING for t in trials)
+            if elsewhere:
+                console.print(f"plateau: this worker is done; {elsewhere} trials still run in "
+                              "other workers, the last of them writes the study report")
+            written = self._write_report(study, run) if ended and not elsewhere else None
+            if not elsewhere:
+                run.close(study, status)  # after the report: its plots go to the parent run
             if ended:
                 report.finish(study, trials, self, time.time() - started)
             if written is not None:
@@ -257,26 +299,47 @@ class StudySweeper:
             log.warning("study report not written: %s", one_line(f"{type(err).__name__}: {err}"))
             return None
 
+    def _check_failures(self, trials: Sequence[FrozenTrial]) -> None:
+        finished = [t for t in trials if is_finished(t)]
+        failed = [t for t in finished if t.state == TrialState.FAIL]
+        if finished and len(failed) / len(finished) > self.max_failure_rate:
+            last = failed[-1].user_attrs.get(study_trial.ATTR_ERROR, "")
+            raise PlateauError(
+                f"{len(failed)} of {len(finished)} trials failed, above hydra.sweeper."
+                f"max_failure_rate={self.max_failure_rate} (last error: {last}); fix the "
+                "cause or raise max_failure_rate"
+            )
+
     def _loop(self, study: optuna.Study, space: SearchSpace) -> None:
-        while True:
-            trials = study.get_trials(deepcopy=False)
-            finished = [t for t in trials if is_finished(t)]
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            failed = sum(t.state == TrialState.FAIL for t in finished)
-            if finished and failed / len(finished) > self.max_failure_rate:
-                last = next((t.user_attrs.get(study_trial.ATTR_ERROR) for t in reversed(finished)
-                             if t.state == TrialState.FAIL), "")
-                raise PlateauError(
-                    f"{failed} of {len(finished)} trials failed, above hydra.sweeper."
-                    f"max_failure_rate={self.max_failure_rate} (last error: {last}); fix the "
-                    "cause or raise max_failure_rate"
-                )
-            todo = self.n_trials - len(finished) - running
-            if todo <= 0:
-                if running == 0:
-                    return
-                time.sleep(1.0)  # other workers are finishing the budget
-                continue
-            self._launch(study, space, min(self.n_jobs, todo))
+        """Run trials until the budget is claimed, keeping ``n_jobs`` of them in flight.
 
+        Each slot asks its next trial as soon as its last one ends (no batches waiting for
+        their slowest trial). Slots are threads that hand one job at a time to the launcher,
+        which runs it in another process (joblib, submitit); the in-process basic launcher
+        runs one trial at a time whatever ``n_jobs`` says.
+        """
+        slots = 1 if isinstance(self.launcher, BasicLauncher) else self.n_jobs
+        if slots == 1:
+            while self._run_next(study, space):
+                pass
+            return
+        stop = threading.Event()
+        errors: list[BaseException] = []
 
+        def slot() -> None:
+            try:
+                while not stop.is_set() and self._run_next(study, space):
+                    pass
+            except BaseException as err:  # handed to the main thread
+                errors.append(err)
+                stop.set()
+
+        threads = [threading.Thread(target=slot, name=f"plateau-slot-{i}", daemon=True)
+                   for i in range(slots)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():  # short joins keep the main thread responsive to Ctrl-C
+                thread.join(0.5)
+        if errors:
+            raise errors[0]

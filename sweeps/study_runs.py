@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,9 @@ from sweeps import study_trial, tracking
 from sweeps.storage import mask_password
 
 log = logging.getLogger(__name__)
+
+#: How long a worker that loaded a new study waits for its creator's parent run.
+PARENT_WAIT_S = 60.0
 
 
 def _name(obj: Any) -> str:
@@ -32,13 +36,23 @@ class StudyRun:
 
     @classmethod
     def open(cls, cfg: DictConfig, study: optuna.Study, url: str, sampler: Any,
-             pruner: Any) -> StudyRun:
-        """Create the parent run, or reopen the one a previous sweep of this study made."""
+             pruner: Any, created: bool = True) -> StudyRun:
+        """Create the parent run, or reopen the one a previous sweep of this study made.
+
+        Workers that start together on one study make one parent run: the worker that
+        created the study creates it, the others wait for its id (up to
+        :data:`PARENT_WAIT_S`) instead of making their own.
+        """
         found = tracking.tracking_client(cfg)
         if found is None:
             return cls(None, None)
         client, experiment_id = found
         run_id = study.user_attrs.get(tracking.STUDY_RUN_ATTR)
+        deadline = time.monotonic() + PARENT_WAIT_S
+        while not run_id and not created and time.monotonic() < deadline:
+            time.sleep(0.2)
+            run_id = study._storage.get_study_user_attrs(study._study_id).get(
+                tracking.STUDY_RUN_ATTR)
         if run_id:
             client.update_run(run_id, status="RUNNING")
         else:

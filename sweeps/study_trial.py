@@ -37,6 +37,8 @@ ATTR_ERROR = "error"
 ATTR_PRUNE_REASON = "prune_reason"
 ATTR_STOPPED_EPOCH = "stopped_epoch"
 ATTR_INTERRUPTED = "interrupted"
+#: Asked by one worker while others had already claimed the rest of the budget: never run.
+ATTR_WITHDRAWN = "withdrawn"
 ATTR_HEARTBEAT = "heartbeat"
 ATTR_OWNER = "owner"
 ATTR_RUN_ID = "mlflow_run_id"
@@ -119,10 +121,43 @@ class TrialReporter(pl.Callback):
 
 def is_finished(trial: FrozenTrial) -> bool:
     """Counts toward ``n_trials`` (and in the study report): COMPLETE, PRUNED, or FAIL not
-    caused by an interruption (see :func:`abandon`)."""
+    caused by an interruption (see :func:`abandon`) nor a withdrawal (see :func:`withdraw`)."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and not trial.user_attrs.get(ATTR_INTERRUPTED, False)
+    return trial.state == TrialState.FAIL and not (
+        trial.user_attrs.get(ATTR_INTERRUPTED, False)
+        or trial.user_attrs.get(ATTR_WITHDRAWN, False))
+
+
+def claims_budget(trial: FrozenTrial) -> bool:
+    """Holds one unit of ``n_trials``: finished (:func:`is_finished`) or running."""
+    return trial.state == TrialState.RUNNING or is_finished(trial)
+
+
+def within_budget(study: optuna.Study, trial_number: int, n_trials: int) -> bool:
+    """Whether the trial just asked as ``trial_number`` fits in the budget of ``n_trials``.
+
+    Workers sharing a study check the budget, then ask; two of them can ask for the last
+    unit at once. Trial numbers are handed out in order by the storage, so the earlier
+    number keeps the unit and the later one must be withdrawn.
+    """
+    before = [t for t in study.get_trials(deepcopy=False)
+              if t.number < trial_number and claims_budget(t)]
+    return len(before) < n_trials
+
+
+def withdraw(study: optuna.Study, trial_id: int) -> None:
+    """End an asked trial that will never run (the budget went to another worker).
+
+    It is told FAIL marked ``withdrawn``, which does not count toward ``n_trials``; params it
+    took from the queue (a re-run of an interrupted trial) are queued again.
+    """
+    frozen = study._storage.get_trial(trial_id)
+    study._storage.set_trial_user_attr(trial_id, ATTR_WITHDRAWN, True)
+    study.tell(frozen.number, state=TrialState.FAIL)
+    fixed = frozen.system_attrs.get("fixed_params")
+    if fixed:
+        study.enqueue_trial(fixed, skip_if_exists=False)
 
 
 def abandon(study: optuna.Study, trial: FrozenTrial) -> None:

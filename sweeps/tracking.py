@@ -13,6 +13,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
+from sweeps.races import creating_sqlite, retrying
+
 #: Config groups whose choice is tagged on every run, so the MLflow UI can filter and group.
 KNOBS = ("data", "backbone", "freeze", "augment", "class_weight", "regularization",
          "lr_schedule", "optimizer")
@@ -141,11 +143,17 @@ def tracking_client(cfg: DictConfig) -> tuple[Any, str] | None:
         return None
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(absolute_tracking_uri(logger_cfg.tracking_uri))
-    experiment = client.get_experiment_by_name(logger_cfg.experiment_name)
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(logger_cfg.experiment_name))
-    return client, experiment_id
+    uri = absolute_tracking_uri(logger_cfg.tracking_uri)
+    with creating_sqlite(uri):  # the client creates or migrates a sqlite store's tables
+        client = retrying("opening the MLflow store", lambda: MlflowClient(uri))
+    name = logger_cfg.experiment_name
+
+    def experiment_id() -> str:  # workers starting together may both create it
+        experiment = client.get_experiment_by_name(name)
+        return str(experiment.experiment_id if experiment is not None
+                   else client.create_experiment(name))
+
+    return client, retrying(f"opening MLflow experiment {name}", experiment_id)
 
 
 def record_failed_run(cfg: DictConfig, tags: dict[str, str], message: str) -> str | None:

@@ -1,64 +1,18 @@
-"""A sweep against a real PostgreSQL server: the study lives there, its password nowhere else.
-
-The fixture starts a throwaway server (initdb + pg_ctl from Debian's postgresql package,
-which .ci/run installs when missing) on a free loopback port, as the ``postgres`` user when
-run as root (PostgreSQL refuses to run as root), and stops it afterwards.
-"""
+"""A sweep against a real PostgreSQL server (``postgres_url`` in conftest): the study lives
+there, its password nowhere else."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import PG_PASSWORD as PASSWORD
 from conftest import ROOT
-
-PASSWORD = "s3cr3t-Pa55"
-
-
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name) or next(
-        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
-    assert found, f"{name} not found: install Debian's postgresql package (.ci/run does)"
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    home = Path(tempfile.mkdtemp(prefix="plateau-pg-"))
-    (home / "pw").write_text(PASSWORD)
-    if as_user:
-        shutil.chown(home, "postgres")
-        shutil.chown(home / "pw", "postgres")
-    data, port = home / "data", _free_port()
-    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "-U", "plateau",
-                    f"--pwfile={home / 'pw'}", "--auth=scram-sha-256"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(home / "log"), "-w",
-                    "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg2://plateau:{PASSWORD}@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow

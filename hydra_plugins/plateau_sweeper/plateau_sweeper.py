@@ -8,7 +8,6 @@ actually starts. Keys and search-space grammar follow hydra-optuna-sweeper (``sa
 ``override /hydra/sweeper: plateau``.
 """
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -16,10 +15,6 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import MISSING, DictConfig
-
-# TPE's `group` and `constant_liar` are what make conditional spaces and parallel workers
-# sample well; Optuna flags them experimental on every construction.
-warnings.filterwarnings("ignore", message=r"Argument ``(group|constant_liar)`` is an experimental")
 
 
 @dataclass
@@ -84,13 +79,14 @@ class PrunerConf:
 
 @dataclass
 class StagnationPrunerConf(PrunerConf):
-    """Prune when val loss stalls for ``patience`` epochs and the trial is below the median."""
+    """Prune trials below the median; end competitive ones that stall for ``patience`` epochs."""
 
     _target_: str = "sweeps.pruning.StagnationPruner"
     patience: int = 2
     min_delta: float = 0.0
     n_startup_trials: int = 2
     n_warmup_steps: int = 1
+    only_stagnating: bool = False  # true: a trailing trial is pruned only once it stalls too
 
 
 @dataclass

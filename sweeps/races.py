@@ -1,0 +1,68 @@
+"""Workers that start together race to create the stores they share.
+
+Several ``python sweep.py -m`` processes started at once against a new sqlite study or MLflow
+database all try to create its tables and run its schema migrations; the losers fail with an
+integrity, "database is locked" or alembic error, and a migration interrupted that way can
+leave the file half-migrated. :func:`creating_sqlite` makes the processes take turns on a
+sqlite file's first use; :func:`retrying` runs a first use on a server (PostgreSQL, an MLflow
+tracking server) again after a short, jittered pause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ATTEMPTS = 5
+
+
+def retrying(what: str, action: Callable[[], T], attempts: int = ATTEMPTS) -> T:
+    """``action()``, tried up to ``attempts`` times; the last failure propagates."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as err:
+            if attempt == attempts:
+                raise
+            pause = 0.2 * attempt * (1.0 + random.random())
+            log.debug("%s failed (%s: %s); retrying in %.1f s", what, type(err).__name__,
+                      err, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (SQLAlchemy's form, used by Optuna and MLflow)."""
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def creating_sqlite(url: str) -> Iterator[None]:
+    """Hold an exclusive lock on the sqlite file of ``url`` (nothing for other URLs).
+
+    Opening a store inside it creates or migrates its tables while other processes wait: the
+    first creates them, the next ones find them complete. The lock is ``flock`` on the
+    database file itself, which on a local disk does not interfere with sqlite's own
+    ``fcntl`` locks, so no lock file is left beside it.
+    """
+    path = sqlite_file(url)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as handle:  # an empty file is a new database to sqlite
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
