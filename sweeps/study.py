@@ -66,7 +66,7 @@ class StudySweeper:
                  study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
                  params: DictConfig | None, custom_search_space: str | None,
                  conditional_params: DictConfig | None, default_space: DictConfig | None,
-                 monitor: str, heartbeat_timeout_s: float) -> None:
+                 monitor: str, heartbeat_timeout_s: float, trials_per_gpu: int = 1) -> None:
         self.sampler = sampler
         self.pruner = pruner
         self.direction = str(direction)
@@ -84,7 +84,9 @@ class StudySweeper:
             get_method(custom_search_space) if custom_search_space else None)
         self.monitor = monitor
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.trials_per_gpu = trials_per_gpu
         self._in_flight: set[int] = set()
+        self._launched: set[int] = set()  # numbers of the trials this worker ran
         self._lock = threading.Lock()
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
@@ -103,6 +105,9 @@ class StudySweeper:
                                "must be at least 1 trial")
         if self.n_jobs <= 0:
             raise PlateauError(f"hydra.sweeper.n_jobs={self.n_jobs} must be at least 1")
+        if self.trials_per_gpu <= 0:
+            raise PlateauError(f"hydra.sweeper.trials_per_gpu={self.trials_per_gpu} must be at "
+                               "least 1")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise PlateauError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be "
                                "between 0 and 1")
@@ -209,7 +214,8 @@ class StudySweeper:
         if sum(map(study_trial.claims_budget, trials)) >= self.n_trials:
             return None
         trial = study.ask()
-        if not study_trial.within_budget(study, trial.number, self.n_trials):
+        if not study_trial.within_budget(study.get_trials(deepcopy=False), trial.number,
+                                         self.n_trials):
             study_trial.withdraw(study, trial._trial_id)
             return None
         return trial, self._suggest(trial, space)
@@ -222,6 +228,7 @@ class StudySweeper:
                 return False
             trial, overrides = asked
             self._in_flight.add(trial._trial_id)
+            self._launched.add(trial.number)
         try:
             # job number = trial number: unique among workers sharing the sweep folder
             (result,) = self.launcher.launch([(*overrides, f"trial_id={trial._trial_id}")],
@@ -274,20 +281,43 @@ class StudySweeper:
         finally:
             trials = study.get_trials(deepcopy=False)
             ended = status != "KILLED"
-            # Trials still running belong to other workers: the last of them to finish ends
-            # the study's run and writes its report.
-            elsewhere = sum(t.state == TrialState.RUNNING for t in trials)
-            if elsewhere:
-                console.print(f"plateau: this worker is done; {elsewhere} trials still run in "
-                              "other workers, the last of them writes the study report")
-            written = self._write_report(study, run) if ended and not elsewhere else None
-            if not elsewhere:
+            closing = self._ends_study(trials, status, started)
+            written = self._write_report(study, run) if ended and closing else None
+            if closing:
                 run.close(study, status)  # after the report: its plots go to the parent run
             if ended:
                 report.finish(study, trials, self, time.time() - started)
             if written is not None:
                 study_report.print_summary(written)
         return trials
+
+    def _ends_study(self, trials: Sequence[FrozenTrial], status: str, started: float) -> bool:
+        """Whether this worker writes the study report and ends the study's MLflow run.
+
+        Of several workers sharing the study, exactly one does: the one that ran the trial
+        finished last. A worker that sees trials of the budget still running leaves that to
+        their worker; every worker that sees none running sees the same last trial, so they
+        agree without talking. A worker that stops on an error or Ctrl-C ends the run itself
+        when nothing else runs.
+        """
+        running = [t for t in trials if t.state == TrialState.RUNNING
+                   and study_trial.within_budget(trials, t.number, self.n_trials)]
+        if running:
+            console.print(f"plateau: this worker is done; {len(running)} trials still run in "
+                          "other workers, the last of them writes the study report")
+            return False
+        if status != "FINISHED":
+            return True
+        recent = [t for t in trials if is_finished(t) and t.datetime_complete is not None
+                  and t.datetime_complete.timestamp() >= started]
+        if not recent:  # nothing ran in this round: the study was already complete
+            return True
+        last = max(recent, key=lambda t: t.datetime_complete or 0)
+        if last.number in self._launched:
+            return True
+        console.print(f"plateau: this worker is done; the worker that ran trial {last.number}, "
+                      "the last to finish, writes the study report")
+        return False
 
     def _write_report(self, study: optuna.Study, run: StudyRun) -> StudyReport | None:
         """The post-sweep report in ``<sweep dir>/report``; a failure only warns."""

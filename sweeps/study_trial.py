@@ -9,11 +9,13 @@ like the in-process basic launcher.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import socket
 import time
+from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import optuna
@@ -24,7 +26,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_modules.classifier import ImageClassifier
-from sweeps import tracking
+from sweeps import devices, tracking
 from sweeps.errors import one_line
 from sweeps.pruning import StagnationPruner, aligned
 from sweeps.storage import DEFAULT_STUDY_NAME, job_storage_url, load_study
@@ -134,15 +136,14 @@ def claims_budget(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.RUNNING or is_finished(trial)
 
 
-def within_budget(study: optuna.Study, trial_number: int, n_trials: int) -> bool:
-    """Whether the trial just asked as ``trial_number`` fits in the budget of ``n_trials``.
+def within_budget(trials: Sequence[FrozenTrial], trial_number: int, n_trials: int) -> bool:
+    """Whether trial ``trial_number`` of the study's ``trials`` fits in ``n_trials``.
 
     Workers sharing a study check the budget, then ask; two of them can ask for the last
     unit at once. Trial numbers are handed out in order by the storage, so the earlier
     number keeps the unit and the later one must be withdrawn.
     """
-    before = [t for t in study.get_trials(deepcopy=False)
-              if t.number < trial_number and claims_budget(t)]
+    before = [t for t in trials if t.number < trial_number and claims_budget(t)]
     return len(before) < n_trials
 
 
@@ -184,6 +185,8 @@ def _error_line(err: BaseException) -> str:
 def run_study_trial(cfg: DictConfig) -> float:
     """Run the job of trial ``cfg.trial_id`` and tell the study its outcome.
 
+    On a machine with GPUs the trial first takes a seat on its own GPU
+    (:func:`sweeps.devices.trial_gpus`), waiting while parallel trials hold every seat.
     A trial that raises is told FAIL with its error as the ``error`` user attribute (and
     MLflow tag); the job itself returns NaN instead of raising, so the sweep goes on. An
     interrupt (Ctrl-C) marks the trial FAIL with ``interrupted`` and propagates.
@@ -197,7 +200,9 @@ def run_study_trial(cfg: DictConfig) -> float:
     if parent:
         tags["mlflow.parentRunId"] = parent
     logger = None
+    seats = contextlib.ExitStack()
     try:
+        seats.enter_context(devices.trial_gpus(cfg.trainer, sweeper.get("trials_per_gpu", 1)))
         prepared = prepare_trial(cfg, callbacks=[reporter], tags=tags)
         logger = prepared.logger
         if logger is not None:
@@ -219,6 +224,8 @@ def run_study_trial(cfg: DictConfig) -> float:
         else:
             tracking.end_trial_run(logger, "FAIL", {"plateau.error": message}, "FAILED")
         return float("nan")
+    finally:
+        seats.close()  # the fit is over: its GPU seat goes to the next trial
     diagnosis = prepared.diagnose()
     trial.set_user_attr(ATTR_DIAGNOSIS, diagnosis.label)
     trial.set_user_attr(ATTR_DIAGNOSIS_REASON, diagnosis.reason)

@@ -69,6 +69,15 @@ def _on_gpu(trainer_cfg: DictConfig) -> bool:
         and torch.cuda.is_available()
 
 
+def _first_device(trainer_cfg: DictConfig) -> torch.device:
+    """Where the trial's own work outside the fit runs: its (first) assigned GPU, or the CPU."""
+    if not _on_gpu(trainer_cfg):
+        return torch.device("cpu")
+    devices = trainer_cfg.get("devices")
+    pinned = isinstance(devices, Sequence) and not isinstance(devices, str) and devices
+    return torch.device(f"cuda:{devices[0]}" if pinned else "cuda")
+
+
 def check_objective(cfg: DictConfig) -> tuple[str, str]:
     metric, direction = cfg.objective.metric, cfg.objective.direction
     if metric not in METRICS:
@@ -227,8 +236,7 @@ def _use_feature_cache(cfg: DictConfig, parts: TrialParts) -> str:
             and not random_transforms(parts.datamodule.train_transform)):
         return "off"
     cache = FeatureCache(cache_root(cfg.get("cache_dir")) / "features")
-    hit = attach_features(parts.datamodule, backbone, cache,
-                          torch.device("cuda" if _on_gpu(cfg.trainer) else "cpu"))
+    hit = attach_features(parts.datamodule, backbone, cache, _first_device(cfg.trainer))
     return "hit" if hit else "computed"
 
 

@@ -132,6 +132,7 @@ def test_every_trial_run_is_a_child_of_the_one_study_run(workers: Workers) -> No
 def test_the_last_worker_writes_the_study_report(workers: Workers) -> None:
     reports = list(workers.cwd.glob("multirun/*/*/report/report.md"))
     assert reports, "no study report"
+    # exactly one worker ends the study: the one that ran the trial finished last
     summaries = sum("most important knobs" in output for output in workers.outputs)
-    assert 1 <= summaries <= WORKERS
+    assert summaries == 1, "\n----\n".join(o[-1500:] for o in workers.outputs)
 

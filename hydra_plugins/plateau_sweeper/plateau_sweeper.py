@@ -159,6 +159,8 @@ class PlateauSweeperConf:
     monitor: str = "val/loss"
     # RUNNING trials of another host whose heartbeat is older than this are stale
     heartbeat_timeout_s: float = 600.0
+    # trials sharing one GPU when several run in parallel on a machine (sweeps.devices)
+    trials_per_gpu: int = 1
 
 
 _STORE = ConfigStore.instance()
