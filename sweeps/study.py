@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -114,6 +115,14 @@ class StudySweeper:
         if self.direction not in DIRECTIONS:
             raise PlateauError(f"hydra.sweeper.direction={self.direction} must be maximize or "
                                "minimize (plateau optimizes one objective)")
+
+    def _check_launcher(self) -> None:
+        """SLURM's launcher needs SLURM's commands: say so before any study or run exists."""
+        if type(self.launcher).__name__ == "SlurmLauncher" and shutil.which("srun") is None:
+            raise PlateauError(
+                "hydra/launcher=slurm submits each trial with SLURM's sbatch/srun, which are "
+                "not on PATH here: start the sweep on the cluster's login node, or use "
+                "hydra/launcher=submitit_local to run the same code path on this machine")
 
     def _check_objective(self) -> None:
         objective = OmegaConf.select(self.config, "objective.direction")
@@ -230,9 +239,17 @@ class StudySweeper:
             self._in_flight.add(trial._trial_id)
             self._launched.add(trial.number)
         try:
-            # job number = trial number: unique among workers sharing the sweep folder
-            (result,) = self.launcher.launch([(*overrides, f"trial_id={trial._trial_id}")],
-                                             initial_job_idx=trial.number)
+            try:
+                # job number = trial number: unique among workers sharing the sweep folder
+                (result,) = self.launcher.launch([(*overrides, f"trial_id={trial._trial_id}")],
+                                                 initial_job_idx=trial.number)
+            except Exception as err:  # the launcher itself failed: no job ran
+                # not the trial's fault: queued again for the next sweep, not counted
+                study_trial.abandon(study, study._storage.get_trial(trial._trial_id))
+                raise PlateauError(
+                    f"hydra/launcher could not start trial {trial.number} "
+                    f"({one_line(f'{type(err).__name__}: {err}')}); check the hydra.launcher.* "
+                    "settings (python sweep.py -m --cfg hydra prints them)") from err
             self._settle(study, trial, result)
         finally:
             with self._lock:
@@ -251,6 +268,7 @@ class StudySweeper:
 
     def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
         self._check_settings()
+        self._check_launcher()
         self._check_objective()
         space = parse_search_space(self.params, arguments, self.conditional)
         self._preflight()
