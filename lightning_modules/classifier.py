@@ -110,8 +110,9 @@ class ImageClassifier(pl.LightningModule):
         metrics.update(logits, targets)
         if stage == "val":
             self.val_confusion.update(logits, targets)
+        # sync_dist: under DDP each rank sees its shard; the epoch value averages them all
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val",
-                 batch_size=targets.shape[0])
+                 batch_size=targets.shape[0], sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
 
@@ -130,7 +131,8 @@ class ImageClassifier(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         trainable, total = self.parameter_counts()
-        self.log("model/trainable_params", float(trainable), on_step=False, on_epoch=True)
+        self.log("model/trainable_params", float(trainable), on_step=False, on_epoch=True,
+                 sync_dist=True)
         if self.current_epoch == 0:
             log.info("trainable parameters: %d of %d (%.1f%%)", trainable, total,
                      100.0 * trainable / max(total, 1))
@@ -145,7 +147,8 @@ class ImageClassifier(pl.LightningModule):
         if value is not None and math.isfinite(float(value)):
             self.best_objective.update(value)
         if self.best_objective.update_count:
-            self.log(f"{self.objective}_best", self.best_objective.compute(), prog_bar=True)
+            self.log(f"{self.objective}_best", self.best_objective.compute(), prog_bar=True,
+                     sync_dist=True)
 
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameter counts of the whole model."""

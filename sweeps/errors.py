@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 
 T = TypeVar("T")
 
@@ -29,7 +30,9 @@ def one_line(text: object, limit: int = 500) -> str:
 
 def report_user_error(err: PlateauError) -> None:
     """Print ``err`` as plateau's one-line error."""
-    console.print(f"[bold red]plateau: error:[/] {err}", soft_wrap=True)
+    # escaped: a message quoting a path or a library's error may hold "[...]", which rich
+    # would otherwise read as markup (and fail on)
+    console.print(f"[bold red]plateau: error:[/] {escape(str(err))}", soft_wrap=True)
 
 
 def exit_on_user_error(func: Callable[..., T]) -> Callable[..., T]:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_modules.classifier import ImageClassifier
-from sweeps import devices, tracking
+from sweeps import ddp, devices, tracking
 from sweeps.errors import one_line
 from sweeps.pruning import StagnationPruner, aligned
 from sweeps.storage import DEFAULT_STUDY_NAME, job_storage_url, load_study
@@ -74,12 +74,32 @@ def owner_alive(owner: str) -> bool | None:
     return True
 
 
-class TrialReporter(pl.Callback):
+class RankZeroStop(pl.Callback):
+    """Stop a fit on every rank at once when rank zero decides to (:meth:`decide`).
+
+    In a DDP trial only rank zero talks to the study; the other ranks run this callback's
+    plain form, which never decides to stop but joins the vote, so all ranks end the fit at
+    the same epoch. Outside DDP the vote is the decision itself.
+    """
+
+    def decide(self, trainer: pl.Trainer) -> bool:
+        """Whether the fit should end after this validation (called on rank zero only)."""
+        return False
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        stop = self.decide(trainer) if trainer.is_global_zero else False
+        if trainer.strategy.reduce_boolean_decision(stop, all=False):
+            trainer.should_stop = True
+
+
+class TrialReporter(RankZeroStop):
     """Report ``monitor`` to the Optuna trial each epoch and stop the fit when told.
 
     Ends the fit (``trainer.should_stop``) when the value is NaN/inf (pruned at once), when
     the pruner prunes, or when a :class:`StagnationPruner` sees a stagnating but competitive
-    trial (stopped early, later told COMPLETE).
+    trial (stopped early, later told COMPLETE). Under DDP it reports once, from rank zero.
     """
 
     def __init__(self, study: optuna.Study, trial: optuna.trial.Trial, monitor: str) -> None:
@@ -91,34 +111,33 @@ class TrialReporter(pl.Callback):
         self.stopped_epoch: int | None = None
         self._values: dict[int, float] = {}
 
-    def _stop(self, trainer: pl.Trainer, pruned: bool, reason: str) -> None:
+    def _stop(self, trainer: pl.Trainer, pruned: bool, reason: str) -> bool:
         self.pruned, self.reason = pruned, reason
         self.stopped_epoch = trainer.current_epoch
-        trainer.should_stop = True
+        return True
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+    def decide(self, trainer: pl.Trainer) -> bool:
         self.trial.set_user_attr(ATTR_HEARTBEAT, time.time())
         metric = trainer.callback_metrics.get(self.monitor)
         if metric is None:
-            return
+            return False
         epoch, value = trainer.current_epoch, float(metric)
         if not math.isfinite(value):
-            self._stop(trainer, True, f"{self.monitor} is {value} at epoch {epoch}: diverged")
-            return
+            return self._stop(trainer, True, f"{self.monitor} is {value} at epoch {epoch}: "
+                                             "diverged")
         reported = aligned(value, self.study.direction)
         self._values[epoch] = reported
         self.trial.report(reported, epoch)
         if self.trial.should_prune():
-            self._stop(trainer, True, f"pruned by {type(self.study.pruner).__name__} at epoch "
-                                      f"{epoch}: {self.monitor} stalled or below the median")
-            return
+            return self._stop(trainer, True, f"pruned by {type(self.study.pruner).__name__} at "
+                                             f"epoch {epoch}: {self.monitor} stalled or below "
+                                             "the median")
         pruner = self.study.pruner
         if isinstance(pruner, StagnationPruner) and pruner.stagnates(
                 [self._values[e] for e in sorted(self._values)], self.study.direction):
-            self._stop(trainer, False, f"{self.monitor} stopped improving at epoch {epoch} "
-                                       "(competitive: completed early)")
+            return self._stop(trainer, False, f"{self.monitor} stopped improving at epoch "
+                                              f"{epoch} (competitive: completed early)")
+        return False
 
 
 def is_finished(trial: FrozenTrial) -> bool:
@@ -207,7 +226,8 @@ def run_study_trial(cfg: DictConfig) -> float:
         logger = prepared.logger
         if logger is not None:
             trial.set_user_attr(ATTR_RUN_ID, logger.run_id)
-        prepared.trainer.fit(prepared.model, datamodule=prepared.datamodule)
+        with ddp.ranks_rerun_this_job(cfg.trainer):
+            prepared.trainer.fit(prepared.model, datamodule=prepared.datamodule)
         if prepared.trainer.interrupted:
             raise KeyboardInterrupt
     except (KeyboardInterrupt, SystemExit):

@@ -27,7 +27,7 @@ from doctor.preflight import PreflightReport, PreflightSettings, run_preflight
 from doctor.recorder import CurveRecorder
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.freezing import StageFreezing
-from sweeps import tracking
+from sweeps import ddp, tracking
 from sweeps.errors import PlateauError, console
 
 log = logging.getLogger(__name__)
@@ -253,6 +253,22 @@ def best_objective(model: ImageClassifier) -> float:
     return float(model.best_objective.compute())
 
 
+def run_extra_rank(cfg: DictConfig) -> float:
+    """Rank 1..n-1 of a DDP trial: the same fit on its shard, quietly (see :mod:`sweeps.ddp`).
+
+    In a sweep it joins the trial reporter's stop vote, so it ends the fit with rank zero.
+    """
+    callbacks: list[pl.Callback] = []
+    if cfg.get("trial_id") is not None:
+        from sweeps.study_trial import RankZeroStop
+
+        callbacks.append(RankZeroStop())
+    ddp.as_extra_rank(cfg)
+    prepared = prepare_trial(cfg, callbacks)
+    prepared.trainer.fit(prepared.model, datamodule=prepared.datamodule)
+    return float("nan")
+
+
 def run_trial(cfg: DictConfig) -> float:
     """Fine-tune ``cfg.backbone`` on ``cfg.data`` with every knob of ``cfg``; log to MLflow.
 
@@ -262,6 +278,8 @@ def run_trial(cfg: DictConfig) -> float:
     Returns:
         The best value over epochs of ``cfg.objective.metric`` (``<metric>_best``).
     """
+    if ddp.ddp_rank() > 0:
+        return run_extra_rank(cfg)
     if cfg.get("trial_id") is not None:
         from sweeps.study_trial import run_study_trial
 
