@@ -27,17 +27,30 @@ def publish_entry(folder: Path) -> Iterator[Path]:
     step, so concurrent readers never see a half-written entry; if another process published
     ``folder`` first, theirs is kept. The staging folder is always removed.
     """
+    with staging_folder(folder) as staging:
+        yield staging
+        publish(staging, folder)
+
+
+@contextlib.contextmanager
+def staging_folder(folder: Path) -> Iterator[Path]:
+    """An empty folder beside ``folder``, removed when the block ends (unless published)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         yield staging
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not folder.is_dir():
-                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: Path, folder: Path) -> None:
+    """Rename a finished ``staging`` folder to ``folder`` in one step; if another process
+    published ``folder`` first, theirs is kept."""
+    try:
+        staging.rename(folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
 
 
 def discard_entry(folder: Path) -> None:

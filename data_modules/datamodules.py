@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from data_modules.bad_files import read_image
 from data_modules.class_balance import ClassWeighting
 from data_modules.images import decode
 from data_modules.transforms import Augmentation, build_transforms, resolve_data_config
@@ -41,8 +42,10 @@ class ImageDataset(Dataset):
         return len(self.items)
 
     def image(self, index: int) -> Image.Image:
-        """The decoded RGB image, before any transform."""
-        return decode(self.items[index])
+        """The decoded RGB image, before any transform; a file that no longer decodes raises
+        an :class:`~data_modules.bad_files.UnreadableImageError` naming it."""
+        item = self.items[index]
+        return read_image(item, decode) if isinstance(item, Path) else decode(item)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.image(index)), int(self.targets[index])

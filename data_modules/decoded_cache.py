@@ -22,6 +22,12 @@ backbone or ``data.image_size`` makes another entry. Old entries stay: delete
 temporary folder and renamed into place, so concurrent trials never read a half-written one;
 an entry that fails its structural checks (sizes, offsets) is rebuilt; pixel contents are not
 checksummed. Where the cache cannot be written, images are decoded as they are loaded.
+
+Building an entry is also the check for bad files (:mod:`data_modules.bad_files`): every
+file is decoded fully, a file that fails is recorded in ``meta.json`` with the reason and gets
+an empty row, and the build goes on, so one pass finds them all. An entry with bad files is
+kept only for a dataset that skips them (``data.skip_bad_files``); the next trial on the same
+files then reads the verdicts with the pixels, decoding nothing.
 """
 
 from __future__ import annotations
@@ -42,15 +48,15 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from data_modules import images
-from data_modules.cache_dir import discard_entry, publish_entry
+from data_modules.bad_files import BadFile, BadImages, problem, read_image
+from data_modules.cache_dir import discard_entry, publish, staging_folder
 from data_modules.datamodules import ImageDataset
 from data_modules.transforms import leaves
-from sweeps.errors import PlateauError
 
 log = logging.getLogger(__name__)
 
 #: Bumped when the entry layout or the resizing changes: old entries are then ignored.
-FORMAT = 1
+FORMAT = 2
 PIXELS, INDEX, META = "pixels.u8", "index.npy", "meta.json"
 
 
@@ -59,11 +65,13 @@ class DecodedImages:
 
     The map is opened on first access in each process; pickling (DataLoader workers started
     by spawn or forkserver) carries the folder and the small index, never the pixels.
+    ``bad`` maps the rows of files that did not decode (no pixels) to the reason.
     """
 
-    def __init__(self, folder: Path, index: np.ndarray) -> None:
+    def __init__(self, folder: Path, index: np.ndarray, bad: dict[int, str] | None = None) -> None:
         self.folder = folder
         self.index = index
+        self.bad = dict(bad or {})
         self._pixels: np.memmap | None = None
 
     @classmethod
@@ -75,14 +83,17 @@ class DecodedImages:
             raise ValueError(f"meta.json {meta} is not format {FORMAT} of {count} images")
         if index.shape != (count, 3) or index.dtype != np.int64:
             raise ValueError(f"index of shape {index.shape}, {index.dtype}; want ({count}, 3)")
+        bad = {int(row): str(reason) for row, reason in meta.get("bad", {}).items()}
         sizes = index[:, 1] * index[:, 2] * 3
         ends = np.cumsum(sizes)
-        if (sizes <= 0).any() or (index[:, 0] != ends - sizes).any():
+        empty = np.zeros(count, dtype=bool)
+        empty[list(bad)] = True
+        if ((sizes > 0) == empty).any() or (index[:, 0] != ends - sizes).any():
             raise ValueError("index offsets do not follow the image sizes")
         on_disk = (folder / PIXELS).stat().st_size
         if on_disk != int(ends[-1]):
             raise ValueError(f"{PIXELS} holds {on_disk} bytes; the index needs {int(ends[-1])}")
-        return cls(folder, index)
+        return cls(folder, index, bad)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -102,7 +113,8 @@ class CachedImageDataset(ImageDataset):
 
     Each access compares the file's size and mtime with those it had before the cache was
     built (one ``stat``): a file changed since is decoded and resized again, so the dataset
-    never serves pixels that decoding the file now would not give.
+    never serves pixels that decoding the file now would not give; one that no longer decodes
+    fails the trial naming it. A deleted file is served from the cache.
     """
 
     def __init__(self, dataset: ImageDataset, decoded: DecodedImages, rows: Sequence[int],
@@ -119,8 +131,12 @@ class CachedImageDataset(ImageDataset):
     def image(self, index: int) -> Image.Image:
         """The RGB image as cached: resized to the pre-crop size (see the module docstring)."""
         path = self.paths[index]
-        if stamp(path) != self.stamps[index]:
-            return Image.fromarray(self.decode(path))  # changed since the cache was built
+        try:
+            changed = stamp(path) != self.stamps[index]
+        except OSError:  # deleted, or unreachable: the cached pixels are all that is needed
+            changed = False
+        if changed:  # since the cache was built
+            return Image.fromarray(read_image(path, self.decode))
         return Image.fromarray(self.decoded[int(self.rows[index])])
 
 
@@ -161,85 +177,118 @@ class DecodedCache:
             digest.update(f"\n{images.image_identity(path)}".encode())
         return digest.hexdigest()
 
-    def load(self, files: Sequence[Path]) -> DecodedImages | None:
+    def load(self, files: Sequence[Path], keep_bad: bool = False) -> DecodedImages | None:
         """The decoded images of ``files`` (row i is ``files[i]``), built if missing or damaged.
 
-        Returns None (after a warning) where the cache folder cannot be written; raises a
-        :class:`PlateauError` naming a file that cannot be decoded.
+        Args:
+            files: the image files, in the entry's row order.
+            keep_bad: keep an entry where some files do not decode (their rows are listed in
+                its ``bad``); otherwise such an entry is not kept and :class:`BadImages`
+                names every file that failed.
+
+        Returns None (after a warning) where the cache folder cannot be written.
         """
         if not files:
             return None
         started = time.perf_counter()
         folder = self.root / self.key(files)
-        if folder.exists():
+        decoded = self._open(folder, len(files))
+        if decoded is None:
             try:
+                bad = self._build(folder, files, keep_bad)
+                if bad and not keep_bad:
+                    raise BadImages(bad)
                 decoded = DecodedImages.open(folder, len(files))
-                log.info("decoded-image cache: %d images from %s in %.2f s", len(files), folder,
-                         time.perf_counter() - started)
-                return decoded
-            except Exception as err:  # noqa: BLE001 -- a damaged entry of any kind is rebuilt
-                log.warning("rebuilding damaged decoded-image cache %s (%s)", folder, err)
-                discard_entry(folder)
-        try:
-            self._build(folder, files)
-            decoded = DecodedImages.open(folder, len(files))
-        except (OSError, ValueError) as err:
-            log.warning("decoded-image cache not written to %s (%s): decoding each image as it "
-                        "is loaded", folder, err)
-            return None
-        log.info("decoded-image cache: decoded and resized %d images (short side <= %d px, "
-                 "%.0f MB) in %.1f s into %s", len(files), self.short_side,
-                 (folder / PIXELS).stat().st_size / 1e6, time.perf_counter() - started, folder)
+            except (OSError, ValueError) as err:
+                log.warning("decoded-image cache not written to %s (%s): decoding each image "
+                            "as it is loaded", folder, err)
+                return None
+            log.info("decoded-image cache: decoded and resized %d images (short side <= %d px, "
+                     "%.0f MB) in %.1f s into %s", len(files), self.short_side,
+                     (folder / PIXELS).stat().st_size / 1e6, time.perf_counter() - started,
+                     folder)
+        else:
+            log.info("decoded-image cache: %d images from %s in %.2f s", len(files), folder,
+                     time.perf_counter() - started)
+        if decoded.bad and not keep_bad:  # an entry a run that skips bad files kept
+            raise BadImages([BadFile(files[row], why) for row, why in decoded.bad.items()])
         return decoded
 
-    def decode(self, path: Path) -> np.ndarray:
-        """One file as cached: RGB, short side at most the resize size, uint8 H x W x 3."""
+    def _open(self, folder: Path, count: int) -> DecodedImages | None:
+        """The entry in ``folder``, or None where there is none (a damaged one is removed)."""
+        if not folder.exists():
+            return None
         try:
-            image = images.load_rgb(path)
-        except Exception as err:  # noqa: BLE001 -- Pillow raises many kinds on a bad file
-            raise PlateauError(f"cannot decode image {path} ({err}): fix or remove the file") \
-                from err
+            return DecodedImages.open(folder, count)
+        except Exception as err:  # noqa: BLE001 -- a damaged entry of any kind is rebuilt
+            log.warning("rebuilding damaged decoded-image cache %s (%s)", folder, err)
+            discard_entry(folder)
+            return None
+
+    def decode(self, path: Path) -> np.ndarray:
+        """One file as cached: RGB, short side at most the resize size, uint8 H x W x 3.
+
+        Raises what Pillow raises on a file that does not decode.
+        """
+        image = images.load_rgb(path)
         if min(image.size) > self.short_side:
             image = self.resize(image)
         return np.asarray(image, dtype=np.uint8)
 
-    def _build(self, folder: Path, files: Sequence[Path]) -> None:
-        with publish_entry(folder) as staging:
+    def _decode_or_problem(self, path: Path) -> np.ndarray | str:
+        try:
+            return self.decode(path)
+        except Exception as err:  # noqa: BLE001 -- Pillow raises many kinds on a bad file
+            return problem(err)
+
+    def _build(self, folder: Path, files: Sequence[Path], keep_bad: bool = False) -> list[BadFile]:
+        """Decode ``files`` into the entry ``folder``; the files that did not decode.
+
+        The entry is published when all decode, or when ``keep_bad``.
+        """
+        bad: dict[int, str] = {}
+        with staging_folder(folder) as staging:
             index = np.zeros((len(files), 3), dtype=np.int64)
             offset = 0
             pool = ThreadPoolExecutor(self.threads)
             try:
                 with (staging / PIXELS).open("wb") as out:
-                    for row, pixels in enumerate(pool.map(self.decode, files)):
+                    for row, pixels in enumerate(pool.map(self._decode_or_problem, files)):
+                        if isinstance(pixels, str):
+                            bad[row] = pixels
+                            index[row] = (offset, 0, 0)
+                            continue
                         out.write(pixels.tobytes())
                         index[row] = (offset, *pixels.shape[:2])
                         offset += pixels.nbytes
             finally:
-                pool.shutdown(cancel_futures=True)  # a bad file stops the build at once
+                pool.shutdown(cancel_futures=True)  # a write error stops the build at once
             np.save(staging / INDEX, index)
             (staging / META).write_text(json.dumps({
                 "format": FORMAT, "count": len(files), "short_side": self.short_side,
-                "interpolation": self.resize.interpolation.value, "bytes": offset}))
+                "interpolation": self.resize.interpolation.value, "bytes": offset,
+                "bad": {str(row): reason for row, reason in bad.items()}}))
+            if keep_bad or not bad:
+                publish(staging, folder)
+        return [BadFile(files[row], reason) for row, reason in bad.items()]
 
 
-def with_decoded_cache(datasets: Sequence[ImageDataset], root: Path, resize: T.Resize,
-                       threads: int = 1) -> list[ImageDataset]:
-    """The datasets, served from one decoded-image entry holding all their files.
+def serve_decoded(datasets: Sequence[ImageDataset], decoded: DecodedImages,
+                  files: Sequence[Path], stamps: dict[Path, tuple[int, int]],
+                  cache: DecodedCache) -> list[ImageDataset]:
+    """The datasets, served from one decoded-image entry of ``files`` holding all theirs.
 
     One entry per set of files (not per split), so another seed or ``val_fraction`` reuses it.
-    Datasets of in-memory arrays, and every dataset where the cache cannot be written, are
-    returned as given.
+    ``stamps`` are the files' :func:`stamp` from before the entry was built or opened. Datasets
+    of in-memory arrays are returned as given.
     """
-    paths = [[item for item in dataset.items if isinstance(item, Path)] for dataset in datasets]
-    if any(len(p) != len(dataset) for p, dataset in zip(paths, datasets, strict=True)):
-        return list(datasets)
-    files = sorted({path for split in paths for path in split}, key=str)
-    stamps = {path: stamp(path) for path in files}  # before decoding: later changes show
-    cache = DecodedCache(root, resize, threads)
-    decoded = cache.load(files)
-    if decoded is None:
-        return list(datasets)
     row = {path: i for i, path in enumerate(files)}
-    return [CachedImageDataset(dataset, decoded, [row[path] for path in split],
-                               [stamps[path] for path in split], cache.decode)
-            for dataset, split in zip(datasets, paths, strict=True)]
+    served: list[ImageDataset] = []
+    for dataset in datasets:
+        paths = [item for item in dataset.items if isinstance(item, Path)]
+        if len(paths) != len(dataset):
+            served.append(dataset)
+            continue
+        served.append(CachedImageDataset(dataset, decoded, [row[path] for path in paths],
+                                         [stamps[path] for path in paths], cache.decode))
+    return served
