@@ -60,11 +60,17 @@ def run(workers: int, trials: int, epochs: int, threads: int, cwd: Path) -> Outc
     command = [sys.executable, str(ROOT / "sweep.py"), "-m", *TRIAL,
                f"trainer.max_epochs={epochs}", f"hydra.sweeper.n_trials={trials}",
                "hydra/sweeper/pruner=none"]  # every trial does the same work
+    logs = [cwd / f"worker-{i}.out" for i in range(workers)]  # files: a full pipe stalls
     started = time.perf_counter()
-    procs = [subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(workers)]
-    outputs = [proc.communicate()[0] for proc in procs]
+    procs = []
+    for log in logs:
+        with log.open("w") as out:
+            procs.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=out,
+                                          stderr=subprocess.STDOUT))
+    for proc in procs:
+        proc.wait()
     seconds = time.perf_counter() - started
+    outputs = [log.read_text() for log in logs]
     cpu_seconds = _children_cpu() - cpu_before
     for proc, output in zip(procs, outputs, strict=True):
         if proc.returncode != 0:

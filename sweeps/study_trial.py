@@ -46,6 +46,8 @@ ATTR_OWNER = "owner"
 ATTR_RUN_ID = "mlflow_run_id"
 ATTR_OVERRIDES = "overrides"
 ATTR_OBJECTIVE = "best_objective"
+#: Seconds the trial spent in ``trainer.fit``: the rest of its time is plateau's and MLflow's.
+ATTR_FIT_SECONDS = "fit_seconds"
 ATTR_DIAGNOSIS = "diagnosis"
 ATTR_DIAGNOSIS_REASON = "diagnosis_reason"
 #: The last validation confusion matrix (rows: true class) and the class names, for the
@@ -226,8 +228,10 @@ def run_study_trial(cfg: DictConfig) -> float:
         logger = prepared.logger
         if logger is not None:
             trial.set_user_attr(ATTR_RUN_ID, logger.run_id)
+        fit_started = time.perf_counter()
         with ddp.ranks_rerun_this_job(cfg.trainer):
             prepared.trainer.fit(prepared.model, datamodule=prepared.datamodule)
+        trial.set_user_attr(ATTR_FIT_SECONDS, round(time.perf_counter() - fit_started, 4))
         if prepared.trainer.interrupted:
             raise KeyboardInterrupt
     except (KeyboardInterrupt, SystemExit):

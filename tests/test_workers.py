@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,14 +50,30 @@ class Workers:
 
 
 def start_workers(cwd: Path, url: str, study_name: str = "plateau", count: int = WORKERS,
-                  budget: int = BUDGET) -> Workers:
+                  budget: int = BUDGET, timeout: float = 600) -> Workers:
+    """Start ``count`` sweeps at once in ``cwd``; wait for all of them.
+
+    Each worker writes to its own file: a pipe read only after another worker ends would
+    fill up and stall the worker writing to it.
+    """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [sys.executable, str(ROOT / "sweep.py"), "-m", *TINY,
                f"hydra.sweeper.n_trials={budget}", f"hydra.sweeper.storage={url}",
                f"hydra.sweeper.study_name={study_name}"]
-    procs = [subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(count)]
-    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    logs = [cwd / f"worker-{i}.out" for i in range(count)]
+    procs = []
+    for log in logs:
+        with log.open("w") as out:
+            procs.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=out,
+                                          stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc in procs:
+            proc.kill()  # no-op for a worker that ended
+    outputs = [log.read_text() for log in logs]
     return Workers(cwd, url, study_name, outputs, [proc.returncode for proc in procs])
 
 

@@ -1,0 +1,71 @@
+"""Load: 200 tiny trials by 2 workers on one sqlite study and one sqlite MLflow store.
+
+Both stores take every write of both workers (asks, reports, tells, heartbeats, MLflow runs,
+params, metrics): the sweep must end with exactly the budget, no lock error reaching the
+user, and the study and MLflow agreeing on every trial. The test also prints how much of
+each trial's time was plateau's own (everything but ``trainer.fit``), for the record; the
+numbers are not asserted (timings never decide a test here).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from test_workers import start_workers
+
+from sweeps.study_trial import ATTR_FIT_SECONDS, is_finished
+
+BUDGET, WORKERS = 200, 2
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory):
+    cwd = tmp_path_factory.mktemp("load")
+    return start_workers(cwd, f"sqlite:///{cwd / 'plateau.db'}", count=WORKERS, budget=BUDGET,
+                         timeout=3600)
+
+
+@pytest.mark.slow
+def test_two_workers_finish_exactly_200_trials_without_lock_errors(loaded) -> None:
+    for code, output in zip(loaded.returncodes, loaded.outputs, strict=True):
+        assert code == 0, output[-3000:]
+        for sign in ("Traceback", "database is locked", "OperationalError"):
+            assert sign not in output, output[-3000:]
+    finished = [t for t in loaded.trials() if is_finished(t)]
+    assert len(finished) == BUDGET
+    assert len({t.number for t in finished}) == BUDGET
+
+
+@pytest.mark.slow
+def test_study_and_mlflow_agree_on_every_trial(loaded) -> None:
+    runs = {r.info.run_id: r for r in loaded.runs()}
+    finished = [t for t in loaded.trials() if is_finished(t)]
+    assert len(runs) == BUDGET + 1  # and the study's parent run
+    for trial in finished:
+        run = runs[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["plateau.trial_number"] == str(trial.number)
+        assert run.data.tags["plateau.state"] == trial.state.name
+        assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_report_plateaus_own_time_per_trial(loaded) -> None:
+    finished = sorted((t for t in loaded.trials() if is_finished(t)), key=lambda t: t.number)
+    own_ms = []
+    for trial in finished:
+        assert trial.datetime_start is not None
+        assert trial.datetime_complete is not None
+        wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        own_ms.append(1000 * (wall - trial.user_attrs[ATTR_FIT_SECONDS]))
+    gaps_ms = []  # a worker's last trial ending -> its next trial starting: ask, sample, launch
+    for owner in {t.user_attrs["owner"] for t in finished}:
+        mine = [t for t in finished if t.user_attrs["owner"] == owner]
+        gaps_ms += [1000 * (b.datetime_start - a.datetime_complete).total_seconds()
+                    for a, b in zip(mine, mine[1:], strict=False)]
+    assert all(ms >= 0 for ms in own_ms)
+    print(f"\nper trial, plateau's own time (model/data build, MLflow run, reports, tell): "
+          f"median {statistics.median(own_ms):.0f} ms, p90 "
+          f"{statistics.quantiles(own_ms, n=10)[-1]:.0f} ms; between trials (ask, sample, "
+          f"launch): median {statistics.median(gaps_ms):.0f} ms, p90 "
+          f"{statistics.quantiles(gaps_ms, n=10)[-1]:.0f} ms")
