@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sweeps.errors import exit_on_user_error
+from sweeps.hydra_errors import one_line_hydra_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -17,4 +18,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_hydra_errors():  # Hydra's own errors (unknown option, key, type) too
+        main()

@@ -121,6 +121,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         if pretrained_config is None:
             raise ValueError("pretrained_config is required: the backbone's timm data config")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PlateauError(f"data.batch_size={batch_size} is not a number of images; give "
+                               "a whole number of 1 or more, e.g. data.batch_size=32")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -149,6 +152,16 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.classes, (train_items, train_y), (val_items, val_y) = self.load_splits()
         self.train_set = ImageDataset(train_items, train_y, self.train_transform)
         self.val_set = ImageDataset(val_items, val_y, self.val_transform)
+
+    def check_batch_size(self) -> None:
+        """A batch larger than the training set is a mistake for a trial (each epoch would be
+        one smaller batch); at most the training set trains on all of it in one batch."""
+        assert self.train_set is not None, "call setup() first"
+        images = len(self.train_set)
+        if self.batch_size > images:
+            raise PlateauError(f"data.batch_size={self.batch_size} is larger than the {images} "
+                               f"training images; set data.batch_size={images} or less ({images} "
+                               "trains on all of them in one batch)")
 
     @property
     def num_classes(self) -> int:

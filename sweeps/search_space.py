@@ -27,6 +27,7 @@ from hydra.core.override_parser.types import (
     IntervalSweep,
     Override,
     RangeSweep,
+    Sweep,
     Transformer,
 )
 from hydra.errors import HydraException
@@ -96,12 +97,25 @@ def _interval_distribution(key: str, sweep: IntervalSweep) -> BaseDistribution:
     return FloatDistribution(float(low), float(high), log=log)
 
 
+def _check_tags(key: str, sweep: Sweep) -> None:
+    """``log`` on an interval is the one tag that changes sampling: any other would be
+    silently ignored (``tag(log, choice(a, b))`` samples uniformly)."""
+    known = {"log"} if isinstance(sweep, IntervalSweep) else set()
+    ignored = sorted(set(sweep.tags) - known)
+    if ignored:
+        kind = type(sweep).__name__.removesuffix("Sweep").lower()
+        raise PlateauError(f"{key}: tag({', '.join(ignored)}, ...) does nothing on {kind}(...); "
+                           "drop it (log sampling is tag(log, interval(a, b)))")
+
+
 def to_distribution(override: Override) -> BaseDistribution | str:
     """The Optuna distribution of one parsed override, or its fixed value as override text."""
     key = override.get_key_element()
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
     sweep = override.value()
+    if isinstance(sweep, Sweep):
+        _check_tags(key, sweep)
     if override.is_choice_sweep() or (isinstance(sweep, RangeSweep) and sweep.shuffle):
         values = _choice_values(override)
         if not values:
@@ -176,8 +190,10 @@ def parse_search_space(params: dict[str, Any] | None, arguments: list[str],
             continue
         space.conditional[key] = (parent, expected, distribution)
     if not space.distributions:
-        raise PlateauError("the search space is empty: give hydra.sweeper.params (see "
-                           "conf/search/default.yaml) or sweep a key on the command line")
+        raise PlateauError("the search space is empty: the study has nothing to sample; give "
+                           "hydra.sweeper.params (see conf/search/default.yaml) or sweep a key "
+                           "on the command line (optimizer.lr='interval(1e-4, 1e-2)'); one "
+                           "trial runs without -m")
     return space
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import shutil
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import optuna
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
@@ -27,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from sweeps import report, report_files, study_report, study_trial
+from sweeps import report, report_files, study_report, study_trial, tracking
 from sweeps.errors import PlateauError, console, one_line
 from sweeps.search_space import SearchSpace, grid_choices, parse_search_space
 from sweeps.storage import (
@@ -44,12 +46,23 @@ from sweeps.study_trial import is_finished
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("maximize", "minimize")
+#: SQLAlchemy's "(Background on this error at: https://sqlalche.me/...)" tail of its errors.
+_SQLALCHEMY_LINK = re.compile(r"\s*\(Background on this error at: [^)]*\)")
 
 
 def _plain(node: DictConfig | None) -> dict[str, Any]:
     container = OmegaConf.to_container(node) if node else {}
     assert isinstance(container, dict)
     return {str(k): v for k, v in container.items()}
+
+
+def _params_cleared(config: DictConfig) -> bool:
+    """Whether the command line emptied the params (``hydra.sweeper.params={}``) and they are
+    still null: OmegaConf merges an empty dict into a null node as a no-op."""
+    if OmegaConf.select(config, "hydra.sweeper.params") is not None:
+        return False
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.hydra))
+    return any(o.key_or_group == "hydra.sweeper.params" and o.value() == {} for o in overrides)
 
 
 def _override_value(value: Any) -> str:
@@ -97,24 +110,29 @@ class StudySweeper:
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
         self.sweep_dir = str(config.hydra.sweep.dir)
+        if _params_cleared(config):  # empty params replace the default space as any params do
+            self.params = {}
+            self.conditional = _plain(config.hydra.sweeper.conditional_params)
 
     # -- study ---------------------------------------------------------------------------
 
     def _check_settings(self) -> None:
         if self.n_trials <= 0:
             raise PlateauError(f"hydra.sweeper.n_trials={self.n_trials}: the study's budget "
-                               "must be at least 1 trial")
+                               "must be at least 1 trial; give it 1 or more, e.g. "
+                               "hydra.sweeper.n_trials=10")
         if self.n_jobs <= 0:
-            raise PlateauError(f"hydra.sweeper.n_jobs={self.n_jobs} must be at least 1")
+            raise PlateauError(f"hydra.sweeper.n_jobs={self.n_jobs}: no trial could run; set "
+                               "it to 1 or more")
         if self.trials_per_gpu <= 0:
-            raise PlateauError(f"hydra.sweeper.trials_per_gpu={self.trials_per_gpu} must be at "
-                               "least 1")
+            raise PlateauError(f"hydra.sweeper.trials_per_gpu={self.trials_per_gpu}: no trial "
+                               "could run; set it to 1 or more")
         if not 0.0 <= self.max_failure_rate <= 1.0:
-            raise PlateauError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be "
-                               "between 0 and 1")
+            raise PlateauError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} is not "
+                               "a share of trials; set it between 0 and 1")
         if self.direction not in DIRECTIONS:
-            raise PlateauError(f"hydra.sweeper.direction={self.direction} must be maximize or "
-                               "minimize (plateau optimizes one objective)")
+            raise PlateauError(f"hydra.sweeper.direction={self.direction}: plateau optimizes one "
+                               "objective; set it to maximize or minimize")
 
     def _check_launcher(self) -> None:
         """SLURM's launcher needs SLURM's commands: say so before any study or run exists."""
@@ -155,9 +173,9 @@ class StudySweeper:
             raise PlateauError(f"study '{self.study_name}' in {mask_password(url)}: {err}; "
                                "use another hydra.sweeper.study_name") from err
         except Exception as err:
-            first = one_line(mask_password(str(err)), 200)
-            raise PlateauError(f"cannot open the study storage {mask_password(url)} ({first}): "
-                               "check hydra.sweeper.storage") from err
+            first = one_line(_SQLALCHEMY_LINK.sub("", mask_password(str(err))), 200)
+            raise PlateauError(f"cannot open the study storage {mask_password(url)} ({first}); "
+                               "check hydra.sweeper.storage and that its server runs") from err
 
     def _recover_stale(self, study: optuna.Study, run: StudyRun,
                        own: Collection[int] = ()) -> None:
@@ -270,6 +288,7 @@ class StudySweeper:
         self._check_settings()
         self._check_launcher()
         self._check_objective()
+        tracking.check_store(self.config)
         space = parse_search_space(self.params, arguments, self.conditional)
         self._preflight()
         url = resolve_storage_url(self.storage)

@@ -7,13 +7,15 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
-from sweeps.races import creating_sqlite, retrying
+from sweeps.races import creating_sqlite, retrying, sqlite_file
+from sweeps.writable import check_folder
 
 #: Config groups whose choice is tagged on every run, so the MLflow UI can filter and group.
 KNOBS = ("data", "backbone", "freeze", "augment", "class_weight", "regularization",
@@ -83,6 +85,21 @@ def _mlflow_config(cfg: DictConfig) -> DictConfig | None:
     """``cfg.logger`` when it is MLflow's, None for ``logger=none``."""
     logger_cfg = cfg.get("logger")
     return logger_cfg if logger_cfg and logger_cfg.get("_target_") is not None else None
+
+
+def check_store(cfg: DictConfig) -> None:
+    """A local MLflow store (sqlite file or ``file:`` folder) must be creatable: a mistake
+    there is a one-line error before a study or run exists. Servers are not contacted."""
+    logger_cfg = _mlflow_config(cfg)
+    if logger_cfg is None:
+        return
+    uri = absolute_tracking_uri(logger_cfg.tracking_uri)
+    database = sqlite_file(uri)
+    parsed = urlparse(uri)
+    folder = (database.parent if database is not None
+              else Path(parsed.path) if parsed.scheme in ("", "file") else None)
+    if folder is not None:
+        check_folder(folder, "logger.tracking_uri", logger_cfg.tracking_uri)
 
 
 def _knob_tags(choices: dict[str, str]) -> dict[str, str]:

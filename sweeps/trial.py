@@ -88,6 +88,21 @@ def check_objective(cfg: DictConfig) -> tuple[str, str]:
     return metric, direction
 
 
+#: Trainer settings Lightning takes as whole numbers without checking: text or a fraction
+#: there would fail only inside the fit, after the MLflow run exists.
+WHOLE_TRAINER_SETTINGS = ("max_epochs", "min_epochs", "max_steps", "accumulate_grad_batches",
+                          "check_val_every_n_epoch", "log_every_n_steps", "num_sanity_val_steps")
+
+
+def check_trainer(trainer_cfg: DictConfig) -> None:
+    """Each of :data:`WHOLE_TRAINER_SETTINGS` that is set must be an int."""
+    for key in WHOLE_TRAINER_SETTINGS:
+        value = trainer_cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise PlateauError(f"trainer.{key}={value} is not a whole number; give one, e.g. "
+                               f"trainer.{key}=5")
+
+
 def _single_log_stream() -> None:
     """Lightning adds a stderr handler to its ``lightning`` logger on import; where Hydra has
     configured the root logger, that prints every Lightning line twice. Keep Hydra's."""
@@ -132,6 +147,7 @@ def build_parts(cfg: DictConfig) -> TrialParts:
     """Seed, then build backbone, freezing, class weighting, data (set up) and the module."""
     _single_log_stream()
     metric, direction = check_objective(cfg)
+    check_trainer(cfg.trainer)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = build(cfg, "backbone")
     freezing = build(cfg, "freeze")
@@ -149,6 +165,7 @@ def build_parts(cfg: DictConfig) -> TrialParts:
         raise PlateauError(f"the data holds {datamodule.num_classes} class "
                            f"({', '.join(datamodule.classes) or 'none'}): a classifier needs at "
                            "least two; give each class its own folder of images")
+    datamodule.check_batch_size()
     model = ImageClassifier(
         backbone,
         num_classes=datamodule.num_classes,
@@ -202,6 +219,7 @@ def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
     run is created (including the doctor's preflight, unless ``doctor.preflight.enabled`` is
     false), so a mistake leaves no half-written run behind.
     """
+    tracking.check_store(cfg)
     parts = build_parts(cfg)
     tags = dict(tags or {})
     if preflight_settings(cfg).enabled:

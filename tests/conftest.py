@@ -63,6 +63,15 @@ def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+@pytest.fixture
+def a_file(tmp_path: Path) -> Path:
+    """A regular file: no folder can be created below it, not even by root (whom permission
+    bits do not stop)."""
+    path = tmp_path / "afile"
+    path.write_text("a file, not a folder\n")
+    return path
+
+
 # -- a real PostgreSQL server ----------------------------------------------------------------
 # initdb + pg_ctl from Debian's postgresql package (.ci/run installs it when missing), on a
 # free loopback port, as the ``postgres`` user when run as root (PostgreSQL refuses root).

@@ -401,7 +401,8 @@ def sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
            "PLATEAU_CACHE_DIR": str(tmp_path / "cache")}
     return subprocess.run(
         [sys.executable, str(ROOT / "sweep.py"), "data=image_folder",
-         f"data.root={tmp_path / 'images'}", "data.num_workers=0", "backbone=test_resnet",
+         f"data.root={tmp_path / 'images'}", "data.num_workers=0", "data.batch_size=4",
+         "backbone=test_resnet",
          "trainer=cpu", "trainer.max_epochs=1",
          f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -48,27 +48,49 @@ def _one_class_folder(tmp_path: Path) -> Path:
     return root
 
 
+#: case: (overrides, what the one error line says); ``{one_class}`` and ``{afile}`` (a regular
+#: file, see conftest's ``a_file``) are filled in per test.
 MISTAKES = {
     "missing data.root": (["data=image_folder"], "data.root"),
     "data.root not a folder": (["data=image_folder", "data.root=/no/such/dir"], "/no/such/dir"),
     "fewer than two classes": (["data=image_folder", "data.root={one_class}"], "at least two"),
     "unknown backbone": (["backbone.name=resnt18"], "unknown backbone 'resnt18'"),
+    "unknown backbone option": (["backbone=resnet999"],
+                                "backbone=resnet999: the config group backbone has no option "
+                                "resnet999; use one of convnext_tiny, efficientnet_b0,"),
+    "unknown key": ([*TINY, "optimizer.lrr=0.1"], "optimizer.lrr: optimizer has no key lrr"),
+    "unparsable override": ([*TINY, "optimizer.lr=[1,2"],
+                            "cannot parse the override 'optimizer.lr=[1,2'"),
+    "epochs not a number": ([*TINY, "trainer.max_epochs=abc"],
+                            "trainer.max_epochs=abc is not a whole number"),
+    "fractional batch size": ([*TINY, "data.batch_size=1.5"],
+                              "data.batch_size=1.5 is not a number of images"),
+    "batch larger than the data": ([*TINY, "data.batch_size=100000"],
+                                   "data.batch_size=100000 is larger than the 39 training images"),
     "depth beyond stages": ([*TINY, "freeze.depth=9"], "freeze.depth=9"),
     "weights unavailable offline": (["backbone=resnet18"], "backbone.weights_file"),
     "missing weights file": (["backbone.weights_file=/no/w.pth"], "backbone.weights_file"),
     "bad objective metric": (["objective.metric=val/auc"], "objective.metric"),
+    "MLflow store below a file": ([*TINY, "logger.tracking_uri=sqlite:///{afile}/mlflow.db"],
+                                  "logger.tracking_uri=sqlite:///{afile}/mlflow.db: {afile} is "
+                                  "a file, not a folder"),
+    "run folder below a file": ([*TINY, "hydra.run.dir={afile}/run"],
+                                "hydra.run.dir={afile}/run: {afile} is a file, not a folder"),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(MISTAKES))
-def test_user_mistake_gets_one_line_error_and_no_run(case: str, tmp_path: Path) -> None:
+def test_user_mistake_gets_one_line_error_and_no_run(case: str, tmp_path: Path,
+                                                     a_file: Path) -> None:
     overrides, expected = MISTAKES[case]
-    overrides = [o.format(one_class=_one_class_folder(tmp_path)) for o in overrides]
-    result = sweep(*overrides, cwd=tmp_path, timeout=120)
-    assert result.returncode != 0
+    places = {"one_class": _one_class_folder(tmp_path), "afile": a_file}
+    result = sweep(*(o.format(**places) for o in overrides), cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1, result.stderr
-    assert expected in errors[0]
+    assert errors[0].startswith("plateau: error: ")
+    assert expected.format(**places) in errors[0]
     assert not (tmp_path / "mlflow.db").exists()  # nothing half-written
+    assert not (tmp_path / "plateau.db").exists()

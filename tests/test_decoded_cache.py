@@ -76,7 +76,7 @@ def pretrained(backbone: str) -> dict[str, Any]:
 
 def folder_config(make_cfg: Callable[..., DictConfig], root: Path, *overrides: str) -> DictConfig:
     return make_cfg("logger=none", "data=image_folder", f"data.root={root}", "augment=none",
-                    "data.num_workers=0", "data.val_fraction=0.4",
+                    "data.num_workers=0", "data.val_fraction=0.4", "data.batch_size=4",
                     f"cache_dir={root.parent / 'cache'}", *overrides)
 
 

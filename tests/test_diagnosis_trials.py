@@ -117,11 +117,11 @@ def test_overflowing_learning_rate_is_diagnosed_diverged_by_its_nan_loss(
 
 
 def test_vanishing_learning_rate_is_diagnosed_no_progress(make_cfg: MakeCfg) -> None:
-    # One batch per epoch (39 training images, batch 64) and no dropout: the epoch's training
+    # One batch per epoch (all 39 training images) and no dropout: the epoch's training
     # loss changes only if the weights do. With small batches BatchNorm's batch statistics
     # alone move it by more than the 2% threshold from one shuffle to the next.
     cfg = make_cfg(*QUIET, "freeze=none", "regularization=none", "optimizer.lr=1e-9",
-                   "data.batch_size=64", "trainer.max_epochs=3")
+                   "data.batch_size=39", "trainer.max_epochs=3")
     diagnosis = diagnose_trial(cfg)
     assert diagnosis.label == "no_progress", diagnosis.reason
     assert "barely moved" in diagnosis.reason

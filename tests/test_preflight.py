@@ -50,7 +50,7 @@ PRETRAINED = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "input_size": (3,
 LIMITS = {"max_abs_mean": 3.0, "min_std": 0.1, "max_std": 5.0}
 #: Data, backbone and trainer of a trial on an image folder (no tracking).
 FOLDER = ["backbone=test_resnet", "trainer=cpu", "logger=none", "data=image_folder",
-          "data.image_size=32"]
+          "data.image_size=32", "data.batch_size=8"]
 FAULTY = "tests.faulty_parts"
 
 

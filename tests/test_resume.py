@@ -340,23 +340,59 @@ def test_failure_above_max_failure_rate_stops_the_sweep_with_one_line(tmp_path: 
 
 # -- sweeper settings that cannot work -------------------------------------------------------
 
+#: A password that must never be printed (it is in the storage URL of one case).
+SECRET = "secret"
+#: case: (overrides, what the one error line says); ``{afile}`` is a regular file (conftest).
 SWEEPER_MISTAKES = {
     "zero budget": (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0"),
+    "negative budget": (["hydra.sweeper.n_trials=-3"], "hydra.sweeper.n_trials=-3"),
+    "budget not a number": (["hydra.sweeper.n_trials=ten"],
+                            "hydra.sweeper.n_trials=ten: Value 'ten' of type 'str' could not be "
+                            "converted to Integer"),
     "direction against the objective": (["hydra.sweeper.direction=minimize"],
                                         "objective.direction=maximize"),
+    "unknown group option": (["augment=nope"],
+                             "augment=nope: the config group augment has no option nope; use "
+                             "one of heavy, light, none,"),
+    "unknown key": (["optimizer.lrr=0.1"], "optimizer.lrr: optimizer has no key lrr"),
+    "epochs not a number": (["trainer.max_epochs=abc"],
+                            "trainer.max_epochs=abc is not a whole number"),
+    "batch larger than the data": (["data.batch_size=100000"],
+                                   "data.batch_size=100000 is larger than the 39 training images"),
+    "interval without its end": (["hydra.sweeper.params.optimizer.lr=interval(1e-2)"],
+                                 "cannot parse the override 'hydra.sweeper.params.optimizer.lr="
+                                 "interval(1e-2)' (TypeError"),
+    "search expression under hydra.sweeper.params": (
+        ["hydra.sweeper.params.optimizer.lr=tag(log, choice(a,b))"],
+        "sweep optimizer.lr=tag(log, choice(a,b)) on the command line instead"),
+    "log tag on a choice": (["optimizer.lr=tag(log, choice(a,b))"],
+                            "optimizer.lr: tag(log, ...) does nothing on choice(...)"),
+    "backwards range": (["optimizer.lr=range(5,1)"], "optimizer.lr: range(5, 1, step=1) is empty"),
+    "empty search space": (["hydra.sweeper.params={}"], "the search space is empty"),
+    "unreachable storage": (
+        [f"hydra.sweeper.storage=postgresql+psycopg2://u:{SECRET}@127.0.0.1:1/db"],
+        "cannot open the study storage postgresql+psycopg2://u:***@127.0.0.1:1/db"),
+    "MLflow store below a file": (["logger.tracking_uri=sqlite:///{afile}/mlflow.db"],
+                                  "logger.tracking_uri=sqlite:///{afile}/mlflow.db: {afile} is "
+                                  "a file, not a folder"),
+    "sweep folder below a file": (["hydra.sweep.dir={afile}/sweep"],
+                                  "hydra.sweep.dir={afile}/sweep: {afile} is a file, not a folder"),
 }
 
 
 @pytest.mark.parametrize("case", list(SWEEPER_MISTAKES))
-def test_sweeper_mistake_gets_one_line_error_and_no_study_or_run(case: str,
-                                                                 tmp_path: Path) -> None:
+def test_sweeper_mistake_gets_one_line_error_and_no_study_or_run(case: str, tmp_path: Path,
+                                                                 a_file: Path) -> None:
     overrides, expected = SWEEPER_MISTAKES[case]
+    overrides = [o.replace("{afile}", str(a_file)) for o in overrides]  # {} is an override
     result = run_sweep(*TINY, *overrides, cwd=tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.output
+    assert SECRET not in result.output
     (line,) = error_lines(result.stderr)
     assert line.startswith("plateau: error:")
-    assert expected in line
+    assert expected.replace("{afile}", str(a_file)) in line
     db = tmp_path / "plateau.db"
     assert not db.exists() or not optuna.get_all_study_summaries(storage_url(tmp_path))
     assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "multirun").exists()
