@@ -151,6 +151,17 @@ class StudySweeper:
                 "set both to the same direction"
             )
 
+    def _check_nodes(self) -> None:
+        """DDP trials run on one node: their extra ranks are this job's own processes
+        (:mod:`sweeps.ddp`); ranks started by a cluster on other nodes would each run the
+        trial's job as if it were theirs."""
+        nodes = OmegaConf.select(self.config, "trainer.num_nodes", default=1)
+        if nodes not in (None, 1):
+            raise PlateauError(
+                f"trainer.num_nodes={nodes}: a trial of a sweep trains on one node; use "
+                "trainer.devices for DDP on that node's GPUs, and more workers (or "
+                "hydra/launcher=slurm) to use more nodes")
+
     def _create_study(self, space: SearchSpace, url: str) -> tuple[optuna.Study, bool]:
         """The study, and whether this worker created it (other workers load it)."""
         sampler = self.sampler
@@ -288,6 +299,7 @@ class StudySweeper:
         self._check_settings()
         self._check_launcher()
         self._check_objective()
+        self._check_nodes()
         tracking.check_store(self.config)
         space = parse_search_space(self.params, arguments, self.conditional)
         self._preflight()

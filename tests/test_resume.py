@@ -375,6 +375,7 @@ SWEEPER_MISTAKES = {
     "MLflow store below a file": (["logger.tracking_uri=sqlite:///{afile}/mlflow.db"],
                                   "logger.tracking_uri=sqlite:///{afile}/mlflow.db: {afile} is "
                                   "a file, not a folder"),
+    "multi-node trials": (["+trainer.num_nodes=2"], "trainer.num_nodes=2: a trial of a sweep"),
     "sweep folder below a file": (["hydra.sweep.dir={afile}/sweep"],
                                   "hydra.sweep.dir={afile}/sweep: {afile} is a file, not a folder"),
 }
