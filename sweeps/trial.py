@@ -27,7 +27,7 @@ from doctor.preflight import PreflightReport, PreflightSettings, run_preflight
 from doctor.recorder import CurveRecorder
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.freezing import StageFreezing
-from sweeps import ddp, tracking
+from sweeps import ddp, devices, tracking
 from sweeps.errors import PlateauError, console
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def resolve_precision(trainer_cfg: DictConfig) -> str | int:
 
 def _on_gpu(trainer_cfg: DictConfig) -> bool:
     """The trainer will run on a CUDA GPU (``accelerator`` auto/gpu/cuda, and one is visible)."""
-    return trainer_cfg.get("accelerator", "auto") in ("auto", "gpu", "cuda") \
+    return trainer_cfg.get("accelerator", "auto") in devices.GPU_ACCELERATORS \
         and torch.cuda.is_available()
 
 

@@ -21,21 +21,17 @@ from test_sweep import (
     run_sweep,
     search_config,
 )
+from test_workers import storage_url
 
 from sweeps.storage import open_storage
 
 EPOCHS = 4
 
 
-def _url(storage: str, cwd: Path) -> str:
-    return f"sqlite:///{cwd / 'plateau.db'}" if storage == "sqlite" else (
-        f"journal:///{cwd / 'plateau.log'}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
 def test_ddp_trials_report_once_and_stop_together(tmp_path: Path, storage: str) -> None:
-    url = _url(storage, tmp_path)
+    url = storage_url(storage, tmp_path, postgres=lambda: '')  # file storages only
     conf = search_config(tmp_path / "conf", "prune", {
         "optimizer.lr": f"choice({GOOD_LR}, {FLAT_LR})", "freeze": "head_only"})
     study = optuna.create_study(study_name="plateau", storage=open_storage(url),

@@ -77,7 +77,8 @@ def start_workers(cwd: Path, url: str, study_name: str = "plateau", count: int =
     return Workers(cwd, url, study_name, outputs, [proc.returncode for proc in procs])
 
 
-def _url(backend: str, tmp: Path, postgres: Callable[[], str]) -> str:
+def storage_url(backend: str, tmp: Path, postgres: Callable[[], str]) -> str:
+    """The storage URL of ``backend`` in ``tmp`` (``postgres()`` gives the server's)."""
     if backend == "sqlite":
         return f"sqlite:///{tmp / 'plateau.db'}"
     if backend == "journal":
@@ -89,7 +90,7 @@ def _url(backend: str, tmp: Path, postgres: Callable[[], str]) -> str:
 def workers(request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> Workers:
     cwd = tmp_path_factory.mktemp(request.param)
-    url = _url(request.param, cwd, lambda: request.getfixturevalue("postgres_url"))
+    url = storage_url(request.param, cwd, lambda: request.getfixturevalue("postgres_url"))
     # the server lives for the whole session: a study name of this test's own
     return start_workers(cwd, url, study_name=f"workers-{cwd.name}")
 
