@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from rich.console import Console
@@ -26,6 +28,49 @@ class PlateauError(Exception):
 def one_line(text: object, limit: int = 500) -> str:
     """``text`` with all whitespace runs (newlines included) collapsed, cut to ``limit``."""
     return " ".join(str(text).split())[:limit]
+
+
+#: ``errno`` values of a write that found no room: the disk (or the user's quota) is full.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(err: BaseException) -> OSError | None:
+    """The "no space left on device" error behind ``err`` (itself, its cause or context).
+
+    Libraries wrap it (Lightning's checkpoint saving, MLflow's artifact copies), so the
+    whole chain is searched; None when the disk was not the problem.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_ROOM:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def written_file(err: OSError) -> str | None:
+    """The file a failed write was writing: a copy's destination (Lightning saves checkpoints
+    to a temporary file and copies it into place), else the file named."""
+    target = err.filename2 if err.filename2 is not None else err.filename
+    return None if target is None else str(target)
+
+
+def drop_partial_copy(err: OSError) -> None:
+    """Remove what a copy cut short by ``err`` left at its destination: a truncated
+    checkpoint must not pass for a whole one. (Its source, complete, is left alone.)"""
+    if err.filename2 is not None:
+        Path(str(err.filename2)).unlink(missing_ok=True)
+
+
+def disk_full_message(err: OSError, what: str) -> str:
+    """One line for a full disk met while ``what`` ran: where, and what to do about it."""
+    target = written_file(err)
+    where = f" writing {target}" if target else ""
+    return (f"{what} ran out of disk space{where} ({err.strerror}): free space on that disk, "
+            "or point trainer.default_root_dir (checkpoints) and hydra.sweep.dir at one with "
+            "room, then re-run the same command")
 
 
 def report_user_error(err: PlateauError) -> None:

@@ -102,6 +102,7 @@ class StudySweeper:
         self._in_flight: set[int] = set()
         self._launched: set[int] = set()  # numbers of the trials this worker ran
         self._lock = threading.Lock()
+        self._started = time.time()  # when sweep() began: failures before do not count
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -286,8 +287,13 @@ class StudySweeper:
         return True
 
     def _settle(self, study: optuna.Study, trial: Trial, result: Any) -> None:
-        """Fail a trial whose job died before telling the study how it ended."""
+        """Fail a trial whose job died before telling the study how it ended; stop the sweep
+        when the job says every further trial would fail too (a full disk)."""
         frozen = study._storage.get_trial(trial._trial_id)
+        halt = frozen.user_attrs.get(study_trial.ATTR_HALT)
+        if halt:
+            raise PlateauError(f"{halt} to continue the study (trial {trial.number} runs "
+                               "again)")
         if frozen.state != TrialState.RUNNING:
             return
         error = getattr(result, "_return_value", None)
@@ -313,7 +319,7 @@ class StudySweeper:
         console.print(f"study '{self.study_name}' in {mask_password(url)}: budget "
                       f"{self.n_trials} finished trials, {sum(map(is_finished, study.trials))} "
                       "done")
-        started = time.time()
+        started = self._started = time.time()
         status = "FINISHED"
         try:
             self._recover_stale(study, run)
@@ -379,7 +385,11 @@ class StudySweeper:
             return None
 
     def _check_failures(self, trials: Sequence[FrozenTrial]) -> None:
-        finished = [t for t in trials if is_finished(t)]
+        """Stop when more than ``max_failure_rate`` of the trials finished since this sweep
+        started failed (in any worker). Earlier sweeps' failures do not count: re-running the
+        command after fixing their cause continues the study."""
+        finished = [t for t in trials if is_finished(t) and t.datetime_complete is not None
+                    and t.datetime_complete.timestamp() >= self._started]
         failed = [t for t in finished if t.state == TrialState.FAIL]
         if finished and len(failed) / len(finished) > self.max_failure_rate:
             last = failed[-1].user_attrs.get(study_trial.ATTR_ERROR, "")

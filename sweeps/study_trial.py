@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_modules.classifier import ImageClassifier
 from sweeps import ddp, devices, tracking
-from sweeps.errors import one_line
+from sweeps.errors import disk_full, disk_full_message, drop_partial_copy, one_line
 from sweeps.pruning import StagnationPruner, aligned
 from sweeps.storage import DEFAULT_STUDY_NAME, job_storage_url, load_study
 from sweeps.trial import best_objective, prepare_trial
@@ -39,6 +39,9 @@ ATTR_ERROR = "error"
 ATTR_PRUNE_REASON = "prune_reason"
 ATTR_STOPPED_EPOCH = "stopped_epoch"
 ATTR_INTERRUPTED = "interrupted"
+#: Why the whole sweep must stop after this trial (a fault of the machine, not of the trial,
+#: e.g. a full disk): the trial is abandoned like an interrupted one, the sweeper stops.
+ATTR_HALT = "halts_sweep"
 #: Asked by one worker while others had already claimed the rest of the budget: never run.
 ATTR_WITHDRAWN = "withdrawn"
 ATTR_HEARTBEAT = "heartbeat"
@@ -239,6 +242,11 @@ def run_study_trial(cfg: DictConfig) -> float:
         tracking.end_trial_run(logger, "FAIL", {"plateau.interrupted": "true"}, "KILLED")
         raise KeyboardInterrupt from None
     except Exception as err:  # a failing trial must not end the sweep
+        full = disk_full(err)
+        if full is not None:  # nor count: every later trial would fail the same way
+            drop_partial_copy(full)
+            _halt(study, trial, logger, disk_full_message(full, f"trial {trial.number}"))
+            return float("nan")
         message = _error_line(err)
         log.error("trial %d failed: %s", trial.number, message)
         trial.set_user_attr(ATTR_ERROR, message)
@@ -256,6 +264,21 @@ def run_study_trial(cfg: DictConfig) -> float:
     _store_confusion(trial, prepared.curves.curves.confusion,
                      getattr(prepared.datamodule, "classes", []))
     return _tell_outcome(study, trial, reporter, prepared.model, logger)
+
+
+def _halt(study: optuna.Study, trial: optuna.trial.Trial, logger: MLFlowLogger | None,
+          message: str) -> None:
+    """Abandon ``trial`` (queued again, not counted) and tell the sweeper to stop the sweep
+    with ``message`` (:data:`ATTR_HALT`; read back by the sweeper after the job, wherever the
+    launcher ran it)."""
+    log.error("trial %d stopped: %s", trial.number, message)
+    study._storage.set_trial_user_attr(trial._trial_id, ATTR_HALT, message)
+    abandon(study, study._storage.get_trial(trial._trial_id))
+    try:
+        tracking.end_trial_run(logger, "FAIL", {"plateau.error": message,
+                                                "plateau.interrupted": "true"}, "KILLED")
+    except Exception as err:  # the MLflow store may sit on the full disk: the study knows
+        log.warning("trial %d: its MLflow run not ended (%s)", trial.number, _error_line(err))
 
 
 def _store_confusion(trial: optuna.trial.Trial, confusion: list[list[int]],

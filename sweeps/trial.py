@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import lightning.pytorch as pl
 import timm.data
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
@@ -28,7 +29,13 @@ from doctor.recorder import CurveRecorder
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.freezing import StageFreezing
 from sweeps import ddp, devices, tracking
-from sweeps.errors import PlateauError, console
+from sweeps.errors import (
+    PlateauError,
+    console,
+    disk_full,
+    disk_full_message,
+    drop_partial_copy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -233,13 +240,25 @@ def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
     logger = tracking.create_logger(cfg, tags)
     trainer = build(cfg, "trainer", precision=resolve_precision(cfg.trainer),
                     callbacks=[parts.freezing, curves, *callbacks],
-                    logger=logger if logger is not None else False)
+                    logger=logger if logger is not None else False,
+                    **_job_root_dir(cfg.trainer))
     if logger is not None:
         tracking.log_trial_config(logger, cfg)
         trainable, total = model.parameter_counts()
         logger.log_hyperparams({"model.trainable_params": trainable, "model.total_params": total,
                                 "data.num_classes": datamodule.num_classes})
     return PreparedTrial(model, datamodule, trainer, logger, curves)
+
+
+def _job_root_dir(trainer_cfg: DictConfig) -> dict[str, str]:
+    """Lightning writes checkpoints under ``default_root_dir``, by default the directory the
+    command was started from: unless set, point it at the Hydra job's own output folder
+    (``<sweep dir>/<trial number>`` in a sweep), beside the job's config and log."""
+    if trainer_cfg.get("default_root_dir") is not None or not HydraConfig.initialized():
+        return {}
+    # unset when the config was composed without a run (Hydra's compose API)
+    job_dir = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
+    return {} if job_dir is None else {"default_root_dir": str(job_dir)}
 
 
 def _use_feature_cache(cfg: DictConfig, parts: TrialParts) -> str:
@@ -303,7 +322,14 @@ def run_trial(cfg: DictConfig) -> float:
 
         return run_study_trial(cfg)
     prepared = prepare_trial(cfg)
-    prepared.trainer.fit(prepared.model, datamodule=prepared.datamodule)
+    try:
+        prepared.trainer.fit(prepared.model, datamodule=prepared.datamodule)
+    except Exception as err:
+        full = disk_full(err)
+        if full is None:
+            raise
+        drop_partial_copy(full)
+        raise PlateauError(disk_full_message(full, "the run")) from err
     value = best_objective(prepared.model)
     if prepared.logger is not None:
         tracking.log_objective(prepared.logger, value)

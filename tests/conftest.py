@@ -28,6 +28,14 @@ CONF = ROOT / "conf"
 #: A trial that takes about a second: generated stripes, timm's tiny ResNet, one epoch.
 TINY = ["data=synthetic", "backbone=test_resnet", "trainer=cpu", "trainer.max_epochs=1"]
 
+#: Runs the command that follows it with a 1 MiB tmpfs mounted on the folder given first (a
+#: test_resnet checkpoint is ~4 MiB), in a user+mount namespace of its own: no root needed,
+#: and the mount vanishes with the process. What the tmpfs held at the end is listed in
+#: ``<folder>.left`` (one path per line).
+TINY_DISK = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+             'mount -t tmpfs -o size=1m tmpfs "$0" || exit 97; "$@"; code=$?; '
+             'find "$0" -type f > "$0.left"; exit $code']
+
 
 def compose_config(overrides: list[str], keep_hydra: bool = False) -> DictConfig:
     """Compose ``conf/config.yaml`` as ``sweep.py`` would, with Hydra's runtime info set.

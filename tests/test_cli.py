@@ -12,13 +12,38 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, TINY_DISK
 
 
-def sweep(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def sweep(*args: str, cwd: Path, timeout: float = 600,
+          within: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``python sweep.py *args`` in ``cwd``; ``within`` is a command that runs it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*(within or []), sys.executable, str(ROOT / "sweep.py"), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_checkpoints_go_to_the_runs_own_folder(tmp_path: Path) -> None:
+    """Lightning's default would be the launch folder (``<experiment>/<run>/checkpoints``)."""
+    result = sweep(*TINY, "trainer.enable_checkpointing=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    assert checkpoint.is_relative_to(run_dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlruns", "outputs"]
+
+
+def test_full_disk_ends_a_run_with_one_line_and_no_partial_checkpoint(tmp_path: Path) -> None:
+    disk = tmp_path / "checkpoints"
+    disk.mkdir()
+    result = sweep(*TINY, "trainer.enable_checkpointing=true", f"trainer.default_root_dir={disk}",
+                   cwd=tmp_path, within=[*TINY_DISK, str(disk)])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("plateau: error:")]
+    assert f"the run ran out of disk space writing {disk}/" in line
+    assert "(No space left on device): free space on that disk" in line
+    assert (tmp_path / "checkpoints.left").read_text() == ""
 
 
 @pytest.mark.slow

@@ -1,4 +1,8 @@
-"""A sweep that stops early and its re-run: SIGKILL, Ctrl-C, failing trials, sweeper mistakes.
+"""Faults and their re-run: SIGKILL, Ctrl-C, an exception, a NaN loss, a full disk; sweeper
+mistakes.
+
+After every fault, re-running the same command ends with exactly the budget of finished
+trials, and the study and MLflow agree on what happened to each trial.
 
 Each scenario runs ``python sweep.py -m`` in a tmp launch directory (study in ``plateau.db``,
 runs in ``mlflow.db``) once, in a module-scoped fixture; the tests read what it left behind.
@@ -8,12 +12,13 @@ sweep can be stopped while one of them is between epochs.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +28,15 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from conftest import ROOT
+from conftest import ROOT, TINY_DISK
 from sweeps.study import is_finished
+from sweeps.study_trial import (
+    ATTR_ERROR,
+    ATTR_HALT,
+    ATTR_OBJECTIVE,
+    ATTR_PRUNE_REASON,
+    ATTR_RUN_ID,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +78,11 @@ def command(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "sweep.py"), "-m", *args]
 
 
-def run_sweep(*args: str, cwd: Path, timeout: float = 240) -> Sweep:
-    result = subprocess.run(command(*args), cwd=cwd, env=ENV, capture_output=True, text=True,
-                            timeout=timeout)
+def run_sweep(*args: str, cwd: Path, timeout: float = 240, within: Sequence[str] = ()) -> Sweep:
+    """``python sweep.py -m *args`` in ``cwd``; ``within`` is a command that runs it (its
+    arguments follow)."""
+    result = subprocess.run([*within, *command(*args)], cwd=cwd, env=ENV, capture_output=True,
+                            text=True, timeout=timeout)
     return Sweep(result.returncode, result.stdout, result.stderr)
 
 
@@ -165,14 +179,6 @@ def test_sigkill_leaves_the_cut_trial_running(killed: StoppedAndResumed) -> None
     assert cut.state == TrialState.RUNNING
 
 
-def test_resume_after_sigkill_finishes_exactly_the_budget(killed: StoppedAndResumed) -> None:
-    assert killed.resumed.returncode == 0, killed.resumed.stderr[-3000:]
-    trials = study_trials(killed.cwd)
-    assert sum(map(is_finished, trials)) == RESUME_BUDGET
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    assert len({t.number for t in trials}) == len(trials)
-
-
 def test_resume_after_sigkill_fails_the_killed_trial_as_interrupted(
         killed: StoppedAndResumed) -> None:
     trials = study_trials(killed.cwd)
@@ -233,16 +239,183 @@ def test_ctrl_c_ends_the_cut_trials_mlflow_run_killed(ctrl_c: StoppedAndResumed)
     assert run.data.tags["plateau.state"] == "FAIL"
 
 
-def test_resume_after_ctrl_c_finishes_exactly_the_budget(ctrl_c: StoppedAndResumed) -> None:
-    assert ctrl_c.resumed.returncode == 0, ctrl_c.resumed.stderr[-3000:]
-    trials = study_trials(ctrl_c.cwd)
-    assert sum(map(is_finished, trials)) == RESUME_BUDGET
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-
-
 def test_resume_after_ctrl_c_reruns_the_interrupted_trials_params(
         ctrl_c: StoppedAndResumed) -> None:
     assert_rerun_from_the_queue(study_trials(ctrl_c.cwd), ctrl_c.cut)
+
+
+# -- faults inside a trial: an exception, a NaN loss, a full disk ---------------------------
+
+
+def planted_fault(fault: str, cwd: Path) -> list[str]:
+    """SLOW_TRIALS whose training batches go bad at epoch 2 of one trial: the first to get
+    there while ``cwd/fault`` exists (:class:`tests.faulty_parts.FaultMidFit`)."""
+    marker = cwd / "fault"
+    marker.touch()
+    return [*SLOW_TRIALS, "data._target_=tests.faulty_parts.FaultMidFit", f"+data.fault={fault}",
+            f"+data.fault_file={marker}", f"hydra.sweeper.n_trials={RESUME_BUDGET}"]
+
+
+def fault_and_rerun(args: Sequence[str], cwd: Path, struck: Callable[[FrozenTrial], bool],
+                    within: Sequence[str] = ()) -> StoppedAndResumed:
+    """Run a sweep that meets a fault (``within`` a command setting the fault up), then the
+    same sweep again; ``cut`` is the one trial ``struck`` by the fault."""
+    first = run_sweep(*args, cwd=cwd, within=within)
+    left = study_trials(cwd)
+    (cut,) = [t for t in left if struck(t)]
+    return StoppedAndResumed(cwd, cut, first, left, run_sweep(*args, cwd=cwd))
+
+
+@pytest.fixture(scope="module")
+def raised(tmp_path_factory: pytest.TempPathFactory) -> StoppedAndResumed:
+    cwd = tmp_path_factory.mktemp("raised")
+    return fault_and_rerun(planted_fault("raise", cwd), cwd,
+                           lambda t: "planted fault" in t.user_attrs.get(ATTR_ERROR, ""))
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory: pytest.TempPathFactory) -> StoppedAndResumed:
+    cwd = tmp_path_factory.mktemp("diverged")
+    return fault_and_rerun(planted_fault("nan_loss", cwd), cwd,
+                           lambda t: "nan" in t.user_attrs.get(ATTR_PRUNE_REASON, ""))
+
+
+#: Checkpoints of the disk-full sweep go to ``<cwd>/CHECKPOINTS``, a tiny tmpfs during its
+#: first run (conftest's TINY_DISK); the re-run finds the real, roomy folder (space freed).
+CHECKPOINTS = "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def disk_full(tmp_path_factory: pytest.TempPathFactory) -> StoppedAndResumed:
+    cwd = tmp_path_factory.mktemp("disk_full")
+    (cwd / CHECKPOINTS).mkdir()
+    args = [*SLOW_TRIALS, "trainer.enable_checkpointing=true",
+            f"trainer.default_root_dir={cwd / CHECKPOINTS}",
+            f"hydra.sweeper.n_trials={RESUME_BUDGET}"]
+    return fault_and_rerun(args, cwd, lambda t: ATTR_HALT in t.user_attrs,
+                           within=[*TINY_DISK, str(cwd / CHECKPOINTS)])
+
+
+#: Every way a sweep meets a fault, by the name of its fixture.
+FAULTS = ["killed", "ctrl_c", "raised", "diverged", "disk_full"]
+#: MLflow's end status of a trial's run, by how the study recorded the trial.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED",
+              "interrupted": "KILLED"}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_rerun_after_a_fault_finishes_exactly_the_budget(fault: str,
+                                                        request: pytest.FixtureRequest) -> None:
+    faulted: StoppedAndResumed = request.getfixturevalue(fault)
+    assert faulted.resumed.returncode == 0, faulted.resumed.stderr[-3000:]
+    assert "Traceback" not in faulted.resumed.output
+    trials = study_trials(faulted.cwd)
+    assert sum(map(is_finished, trials)) == RESUME_BUDGET
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len({t.number for t in trials}) == len(trials)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_after_a_fault_and_rerun_study_and_mlflow_agree_on_every_trial(
+        fault: str, request: pytest.FixtureRequest) -> None:
+    """One MLflow run per trial of the study and none other, each saying what the study says:
+    state, end status, objective; all nested under the study's run, which has ended."""
+    faulted: StoppedAndResumed = request.getfixturevalue(fault)
+    runs = trial_runs(faulted.cwd)
+    trials = study_trials(faulted.cwd)
+    assert sorted(runs) == [t.number for t in trials]
+    parent = study_run(faulted.cwd)
+    assert parent.info.status == "FINISHED"
+    for trial in trials:
+        run = runs[trial.number]
+        how = "interrupted" if interrupted(trial) else trial.state.name
+        assert (run.data.tags["plateau.state"], run.info.status) == (
+            trial.state.name, RUN_STATUS[how]), f"trial {trial.number} ({how})"
+        assert trial.user_attrs[ATTR_RUN_ID] == run.info.run_id
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.metrics.get("objective") == trial.user_attrs.get(ATTR_OBJECTIVE)
+        if trial.state == TrialState.COMPLETE:
+            assert trial.value == trial.user_attrs[ATTR_OBJECTIVE]
+
+
+def test_exception_mid_fit_fails_its_trial_and_stops_a_sweep_without_tolerance(
+        raised: StoppedAndResumed) -> None:
+    """max_failure_rate=0 (the default): the first failure ends the sweep with one line."""
+    first = raised.stopped
+    assert first.returncode == 2, first.stderr[-3000:]
+    assert "Traceback" not in first.output
+    (line,) = error_lines(first.stderr)
+    assert "1 of 1 trials failed, above hydra.sweeper.max_failure_rate=0.0" in line
+    assert "RuntimeError: planted fault at epoch 2" in line
+    assert raised.cut.state == TrialState.FAIL
+    assert len(raised.cut.intermediate_values) == 2  # epochs 0 and 1 reported: mid-fit
+    assert raised.cut.user_attrs[ATTR_ERROR] == "RuntimeError: planted fault at epoch 2"
+    assert sum(map(is_finished, raised.left)) < RESUME_BUDGET
+
+
+def test_rerun_after_an_exception_counts_the_failed_trial_and_does_not_repeat_it(
+        raised: StoppedAndResumed) -> None:
+    """The failure was the trial's own (not an interruption): it keeps its unit of the
+    budget, and the re-run's failure rate starts afresh (earlier failures do not stop it)."""
+    trials = study_trials(raised.cwd)
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [raised.cut.number]
+    assert not [t for t in trials if t.system_attrs.get("fixed_params")]
+    run = trial_runs(raised.cwd)[raised.cut.number]
+    assert run.data.tags["plateau.error"] == raised.cut.user_attrs[ATTR_ERROR]
+
+
+def test_nan_loss_mid_fit_prunes_its_trial_and_the_sweep_goes_on(
+        diverged: StoppedAndResumed) -> None:
+    first, cut = diverged.stopped, diverged.cut
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Traceback" not in first.output
+    assert cut.state == TrialState.PRUNED
+    assert cut.user_attrs[ATTR_PRUNE_REASON] == "val/loss is nan at epoch 2: diverged"
+    assert sorted(cut.intermediate_values) == [0, 1]  # the NaN epoch is not reported
+    assert math.isfinite(cut.user_attrs[ATTR_OBJECTIVE])  # its best epoch before the NaN
+    run = trial_runs(diverged.cwd)[cut.number]
+    assert run.data.tags["plateau.stop_reason"] == cut.user_attrs[ATTR_PRUNE_REASON]
+    assert run.data.tags["plateau.diagnosis"] == "diverged"
+    assert sum(map(is_finished, diverged.left)) == RESUME_BUDGET
+
+
+def test_rerun_of_a_study_that_met_its_budget_runs_nothing(diverged: StoppedAndResumed) -> None:
+    assert [(t.number, t.state) for t in study_trials(diverged.cwd)] == [
+        (t.number, t.state) for t in diverged.left]
+    said = " ".join(diverged.resumed.stderr.split())  # rich wraps long lines
+    assert f"budget {RESUME_BUDGET} finished trials, {RESUME_BUDGET} done" in said
+
+
+def test_full_disk_stops_the_sweep_with_one_line_naming_the_file_and_the_fix(
+        disk_full: StoppedAndResumed) -> None:
+    first = disk_full.stopped
+    assert first.returncode == 2, first.stderr[-3000:]
+    assert "Traceback" not in first.output
+    (line,) = error_lines(first.stderr)
+    assert f"trial {disk_full.cut.number} ran out of disk space writing " \
+           f"{disk_full.cwd / CHECKPOINTS}/" in line
+    assert "No space left on device" in line
+    assert "re-run the same command to continue the study" in line
+
+
+def test_full_disk_queues_its_trial_again_uncounted_and_leaves_no_partial_checkpoint(
+        disk_full: StoppedAndResumed) -> None:
+    cut = disk_full.cut
+    assert interrupted(cut)
+    assert not [t for t in disk_full.left if is_finished(t)]  # the first trial hit it
+    assert (disk_full.cwd / f"{CHECKPOINTS}.left").read_text() == ""
+    run = trial_runs(disk_full.cwd)[cut.number]
+    assert run.data.tags["plateau.error"] == cut.user_attrs[ATTR_HALT]
+
+
+def test_rerun_after_a_full_disk_reruns_the_trial_and_saves_every_checkpoint(
+        disk_full: StoppedAndResumed) -> None:
+    trials = study_trials(disk_full.cwd)
+    assert_rerun_from_the_queue(trials, disk_full.cut)
+    saved = sorted((disk_full.cwd / CHECKPOINTS).rglob("*.ckpt"))
+    runs = trial_runs(disk_full.cwd)
+    assert sorted(path.parent.parent.name for path in saved) == sorted(
+        runs[t.number].info.run_id for t in trials if is_finished(t))
 
 
 # -- trials that raise -----------------------------------------------------------------------
