@@ -257,7 +257,8 @@ def _job_root_dir(trainer_cfg: DictConfig) -> dict[str, str]:
     if trainer_cfg.get("default_root_dir") is not None or not HydraConfig.initialized():
         return {}
     # unset when the config was composed without a run (Hydra's compose API)
-    job_dir = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
+    runtime = HydraConfig.get().runtime
+    job_dir = None if OmegaConf.is_missing(runtime, "output_dir") else runtime.output_dir
     return {} if job_dir is None else {"default_root_dir": str(job_dir)}
 
 
