@@ -71,6 +71,21 @@ def _swept_hydra_setting(override: str) -> str:
             "hydra.sweeper.params in a conf/search/ file)")
 
 
+def _params_override(arguments: list[str]) -> PlateauError | None:
+    """A quoted search expression set under ``hydra.sweeper.params``: the parameters' names
+    are dotted (``optimizer.lr``), which OmegaConf reads as nested keys that do not exist,
+    failing with a bare ``AssertionError`` naming no key."""
+    for argument in arguments:
+        if argument.startswith(_PARAMS) and "=" in argument:
+            key, _, value = argument.partition("=")
+            return PlateauError(
+                f"{argument}: search parameters cannot be set under hydra.sweeper.params from the "
+                "command line; "
+                f"sweep {key[len(_PARAMS):]}={value.strip(chr(39) + chr(34))} instead (or list "
+                "it under hydra.sweeper.params in a conf/search/ file)")
+    return None
+
+
 def hydra_mistake(err: ConfigCompositionException | OverrideParseException) -> PlateauError:
     """The one-line error for a mistake Hydra found in the config or the command line."""
     cause = err.__cause__
@@ -106,6 +121,12 @@ def one_line_hydra_errors() -> Iterator[None]:
         yield
     except (ConfigCompositionException, OverrideParseException) as err:
         report_user_error(hydra_mistake(err))
+        sys.exit(2)
+    except AssertionError as err:
+        mistake = _params_override(sys.argv[1:]) if "Unexpected type: None" in str(err) else None
+        if mistake is None:
+            raise
+        report_user_error(mistake)
         sys.exit(2)
     finally:
         os.environ.pop(FULL_ERROR, None)

@@ -538,6 +538,10 @@ SWEEPER_MISTAKES = {
     "search expression under hydra.sweeper.params": (
         ["hydra.sweeper.params.optimizer.lr=tag(log, choice(a,b))"],
         "sweep optimizer.lr=tag(log, choice(a,b)) on the command line instead"),
+    "quoted search expression under hydra.sweeper.params": (
+        ["hydra.sweeper.params.optimizer.lr='range(5,1)'"],
+        "search parameters cannot be set under hydra.sweeper.params from the command line; "
+        "sweep optimizer.lr=range(5,1) instead"),
     "log tag on a choice": (["optimizer.lr=tag(log, choice(a,b))"],
                             "optimizer.lr: tag(log, ...) does nothing on choice(...)"),
     "backwards range": (["optimizer.lr=range(5,1)"], "optimizer.lr: range(5, 1, step=1) is empty"),
