@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from sweeps import report, report_files, study_report, study_trial, tracking
+from sweeps import ddp, report, report_files, study_report, study_trial, tracking
 from sweeps.errors import PlateauError, console, one_line
 from sweeps.search_space import SearchSpace, grid_choices, parse_search_space
 from sweeps.storage import (
@@ -136,12 +136,31 @@ class StudySweeper:
                                "objective; set it to maximize or minimize")
 
     def _check_launcher(self) -> None:
-        """SLURM's launcher needs SLURM's commands: say so before any study or run exists."""
-        if type(self.launcher).__name__ == "SlurmLauncher" and shutil.which("srun") is None:
+        """Launcher settings that cannot run the trials: one line before any study or run.
+
+        SLURM's launcher needs SLURM's commands. A DDP trial starts its extra ranks by
+        re-running ``sweep.py`` (:mod:`sweeps.ddp`), which only the basic launcher runs in;
+        SLURM tasks beyond one per job would each run the whole trial.
+        """
+        launcher = type(self.launcher).__name__
+        if launcher == "SlurmLauncher" and shutil.which("srun") is None:
             raise PlateauError(
                 "hydra/launcher=slurm submits each trial with SLURM's sbatch/srun, which are "
                 "not on PATH here: start the sweep on the cluster's login node, or use "
                 "hydra/launcher=submitit_local to run the same code path on this machine")
+        tasks = OmegaConf.select(self.config, "hydra.launcher.tasks_per_node", default=1)
+        if isinstance(tasks, int) and tasks > 1:
+            raise PlateauError(
+                f"hydra.launcher.tasks_per_node={tasks} would run each trial's job {tasks} "
+                "times at once; set it to 1 (a DDP trial starts its own ranks: trainer.devices)")
+        ranks = ddp.processes(self.config.trainer)
+        if ranks > 1 and not isinstance(self.launcher, BasicLauncher):
+            raise PlateauError(
+                f"trainer.devices={self.config.trainer.devices} trains each trial with DDP, "
+                "whose extra ranks re-run sweep.py, but hydra/launcher="
+                f"{self.config.hydra.runtime.choices.get('hydra/launcher')} runs trials in its "
+                "own processes: keep the default launcher and start more workers (or a SLURM "
+                "job array of them) to run DDP trials in parallel")
 
     def _check_objective(self) -> None:
         objective = OmegaConf.select(self.config, "objective.direction")

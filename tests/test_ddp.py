@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from test_sweep import (
     FLAT_LR,
@@ -23,6 +24,7 @@ from test_sweep import (
 )
 from test_workers import storage_url
 
+from sweeps import ddp
 from sweeps.storage import open_storage
 
 EPOCHS = 4
@@ -65,3 +67,14 @@ def test_ddp_trials_report_once_and_stop_together(tmp_path: Path, storage: str) 
     assert len(runs) == 3
     assert sorted(r.data.tags.get("plateau.state", "") for r in runs) == [
         "", "COMPLETE", "PRUNED"]
+
+
+@pytest.mark.parametrize(("devices", "processes"), [
+    ("auto", 1), (1, 1), (2, 2), ("2", 2), ([3], 1), ([0, 1], 2), ("0,1,2", 3), ("[0,1]", 2),
+    (-1, 1),
+])
+def test_ddp_processes_counts_the_ranks_a_trial_trains_in(devices: object,
+                                                           processes: int) -> None:
+    """What decides whether a sweep's trials are DDP trials (which the basic launcher alone
+    can run: their extra ranks re-run sweep.py)."""
+    assert ddp.processes(OmegaConf.create({"devices": devices})) == processes

@@ -553,6 +553,14 @@ SWEEPER_MISTAKES = {
                                   "logger.tracking_uri=sqlite:///{afile}/mlflow.db: {afile} is "
                                   "a file, not a folder"),
     "multi-node trials": (["+trainer.num_nodes=2"], "trainer.num_nodes=2: a trial of a sweep"),
+    "DDP trials under a launcher of other processes": (
+        ["trainer.devices=2", "hydra/launcher=joblib"],
+        "trainer.devices=2 trains each trial with DDP, whose extra ranks re-run sweep.py, but "
+        "hydra/launcher=joblib runs trials in its own processes"),
+    "several tasks per trial": (["hydra/launcher=submitit_local",
+                                 "hydra.launcher.tasks_per_node=2"],
+                                "hydra.launcher.tasks_per_node=2 would run each trial's job 2 "
+                                "times at once; set it to 1"),
     "sweep folder below a file": (["hydra.sweep.dir={afile}/sweep"],
                                   "hydra.sweep.dir={afile}/sweep: {afile} is a file, not a folder"),
 }
