@@ -151,7 +151,8 @@ class GpuSeats:
         return None
 
     def claim(self, count: int = 1, poll_s: float = 1.0, timeout_s: float | None = None,
-              waiting: Callable[[], None] | None = None) -> GpuClaim:
+              waiting: Callable[[], None] | None = None, beat: Callable[[], None] | None = None,
+              beat_s: float = 60.0) -> GpuClaim:
         """:meth:`try_claim` every ``poll_s`` seconds until it succeeds.
 
         Args:
@@ -160,6 +161,8 @@ class GpuSeats:
             timeout_s: give up after this many seconds; None waits for ever.
             waiting: called once, when the first attempt fails (to tell the user why the
                 trial has not started).
+            beat: called every ``beat_s`` seconds of waiting (the trial's heartbeat: other
+                hosts must not take a waiting trial for one whose worker died).
 
         Raises:
             GpuWaitTimeout: ``timeout_s`` passed without a free seat.
@@ -168,7 +171,11 @@ class GpuSeats:
         claimed = self.try_claim(count)
         if claimed is None and waiting is not None:
             waiting()
+        beaten = time.monotonic()
         while claimed is None:
+            if beat is not None and time.monotonic() - beaten >= beat_s:
+                beat()
+                beaten = time.monotonic()
             remaining = math.inf if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 raise GpuWaitTimeout(
@@ -214,14 +221,15 @@ def requested_gpus(accelerator: str, devices: object, gpus: Sequence[int]) -> in
 
 @contextlib.contextmanager
 def trial_gpus(trainer_cfg: DictConfig, trials_per_gpu: int = 1,
-               lock_dir: Path | None = None,
-               gpus: Sequence[int] | None = None) -> Iterator[list[int] | None]:
+               lock_dir: Path | None = None, gpus: Sequence[int] | None = None,
+               beat: Callable[[], None] | None = None) -> Iterator[list[int] | None]:
     """Hold GPU seats for one trial and point ``trainer_cfg.devices`` at them.
 
     Yields the GPU indices written to ``trainer_cfg.devices`` (a list, which Lightning takes
     as explicit indices), or None when plateau leaves the devices alone (no GPU, a CPU
     accelerator, or indices the user pinned; see :func:`requested_gpus`). Waits while other
-    trials on the machine hold every seat. ``gpus`` defaults to :func:`visible_gpus`.
+    trials on the machine hold every seat, calling ``beat`` now and then (see
+    :meth:`GpuSeats.claim`). ``gpus`` defaults to :func:`visible_gpus`.
     """
     gpus = visible_gpus() if gpus is None else list(gpus)
     count = requested_gpus(trainer_cfg.get("accelerator", "auto"),
@@ -235,7 +243,7 @@ def trial_gpus(trainer_cfg: DictConfig, trials_per_gpu: int = 1,
         log.info("every GPU seat is taken (%d GPUs x %d trials each): waiting for one",
                  len(seats.gpus), trials_per_gpu)
 
-    with seats.claim(count, waiting=waiting) as claim:
+    with seats.claim(count, waiting=waiting, beat=beat) as claim:
         with open_dict(trainer_cfg):
             trainer_cfg.devices = claim.gpus
         log.info("trial runs on GPU %s", ",".join(map(str, claim.gpus)))

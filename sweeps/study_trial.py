@@ -226,7 +226,9 @@ def run_study_trial(cfg: DictConfig) -> float:
     logger = None
     seats = contextlib.ExitStack()
     try:
-        seats.enter_context(devices.trial_gpus(cfg.trainer, sweeper.get("trials_per_gpu", 1)))
+        seats.enter_context(devices.trial_gpus(
+            cfg.trainer, sweeper.get("trials_per_gpu", 1),
+            beat=lambda: trial.set_user_attr(ATTR_HEARTBEAT, time.time())))
         prepared = prepare_trial(cfg, callbacks=[reporter], tags=tags)
         logger = prepared.logger
         if logger is not None:

@@ -158,6 +158,21 @@ def test_claim_waits_for_a_released_seat(tmp_path: Path) -> None:
     assert len(calls) == 1
 
 
+def test_claim_beats_while_it_waits(tmp_path: Path) -> None:
+    """A trial waiting for a seat keeps its heartbeat (else another host's worker would take
+    it for a dead one after heartbeat_timeout_s)."""
+    seats = GpuSeats([0], lock_dir=tmp_path)
+    held = claim_now(seats)
+    beats: list[float] = []
+    timer = threading.Timer(0.5, held.release)
+    timer.start()
+    seats.claim(poll_s=0.02, timeout_s=5, beat=lambda: beats.append(time.monotonic()),
+                beat_s=0.1)
+    timer.join()
+    assert len(beats) >= 2  # the seat stays busy for 0.5 s at least
+    assert not [b for a, b in zip(beats, beats[1:], strict=False) if b - a < 0.1]
+
+
 def test_claim_gives_up_after_its_timeout(tmp_path: Path) -> None:
     seats = GpuSeats([0], lock_dir=tmp_path)
     claim_now(seats)
