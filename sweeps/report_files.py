@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
 from doctor.diagnosis import LABELS
+from sweeps.pruning import is_negated
 
 if TYPE_CHECKING:
     from sweeps.study_report import StudyReport
@@ -128,8 +129,10 @@ def plot_recall(report: StudyReport, path: Path) -> bool:
 
 
 def monitor_label(report: StudyReport) -> str:
-    """Trials report ``monitor`` negated in a maximized study (see :mod:`sweeps.pruning`)."""
-    return f"-{report.monitor}" if report.maximize else report.monitor
+    """``monitor`` as trials reported it: negated when it gets better the other way than the
+    study's objective (see :mod:`sweeps.pruning`)."""
+    return f"-{report.monitor}" if is_negated(report.monitor, report.direction) \
+        else report.monitor
 
 
 def diagnosis_order(report: StudyReport) -> list[str]:

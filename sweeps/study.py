@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from sweeps import ddp, report, report_files, study_report, study_trial, tracking
 from sweeps.errors import PlateauError, console, one_line
+from sweeps.pruning import METRICS
 from sweeps.search_space import SearchSpace, grid_choices, parse_search_space
 from sweeps.storage import (
     DEFAULT_STUDY_NAME,
@@ -131,6 +132,9 @@ class StudySweeper:
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise PlateauError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} is not "
                                "a share of trials; set it between 0 and 1")
+        if self.monitor not in METRICS:
+            raise PlateauError(f"hydra.sweeper.monitor={self.monitor} is not a metric trials "
+                               f"report each epoch; use one of {', '.join(METRICS)}")
         if self.direction not in DIRECTIONS:
             raise PlateauError(f"hydra.sweeper.direction={self.direction}: plateau optimizes one "
                                "objective; set it to maximize or minimize")

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lightning_modules.classifier import ImageClassifier
 from sweeps import ddp, devices, tracking
 from sweeps.errors import disk_full, disk_full_message, drop_partial_copy, one_line
-from sweeps.pruning import StagnationPruner, aligned
+from sweeps.pruning import StagnationPruner, aligned, monitor_direction
 from sweeps.storage import DEFAULT_STUDY_NAME, job_storage_url, load_study
 from sweeps.trial import best_objective, prepare_trial
 
@@ -130,7 +130,7 @@ class TrialReporter(RankZeroStop):
         if not math.isfinite(value):
             return self._stop(trainer, True, f"{self.monitor} is {value} at epoch {epoch}: "
                                              "diverged")
-        reported = aligned(value, self.study.direction)
+        reported = aligned(value, self.study.direction, monitor_direction(self.monitor))
         self._values[epoch] = reported
         self.trial.report(reported, epoch)
         if self.trial.should_prune():

@@ -36,12 +36,12 @@ from sweeps.errors import (
     disk_full_message,
     drop_partial_copy,
 )
+from sweeps.pruning import METRICS
 
 log = logging.getLogger(__name__)
 
 SettingsT = TypeVar("SettingsT")
 
-METRICS = ("val/loss", "val/acc", "val/balanced_acc", "val/f1_macro")
 DIRECTIONS = ("maximize", "minimize")
 
 

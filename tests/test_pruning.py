@@ -15,7 +15,7 @@ import pytest
 from optuna.pruners import BasePruner, MedianPruner
 from optuna.study import StudyDirection
 
-from sweeps.pruning import StagnationPruner, aligned
+from sweeps.pruning import StagnationPruner, aligned, is_negated, monitor_direction
 
 MAX, MIN = StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE
 NAN, INF = math.nan, math.inf
@@ -89,6 +89,37 @@ def test_aligned_makes_lower_loss_the_better_value_in_either_direction() -> None
     for direction in (MAX, MIN):
         better, worse = aligned(0.2, direction), aligned(0.9, direction)
         assert (better > worse) == (direction == MAX)
+
+
+@pytest.mark.parametrize(("monitor", "direction", "negated"), [
+    ("val/loss", MAX, True), ("val/loss", MIN, False), ("val/f1_macro", MAX, False),
+    ("val/f1_macro", MIN, True), ("val/acc", MAX, False), ("val/balanced_acc", MAX, False),
+])
+def test_a_monitored_metric_is_negated_only_against_the_studys_direction(
+        monitor: str, direction: StudyDirection, negated: bool) -> None:
+    assert is_negated(monitor, direction) is negated
+    assert aligned(0.7, direction, monitor_direction(monitor)) == (-0.7 if negated else 0.7)
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+     StagnationPruner(patience=1, n_startup_trials=2)],
+    ids=["median", "stagnation"],
+)
+def test_monitored_f1_in_maximize_study_prunes_worst_trial_and_keeps_best(
+    make_study: Callable[..., optuna.Study], pruner: BasePruner,
+) -> None:
+    """hydra.sweeper.monitor=val/f1_macro: F1 gets better upwards, so it is reported as is
+    (negating it like a loss would prune the best trials)."""
+    study = make_study("maximize", pruner)
+
+    def f1(loss: float, direction: StudyDirection) -> float:  # a stand-in F1 per epoch
+        return aligned(1.0 - loss / 3, direction, monitor_direction("val/f1_macro"))
+
+    complete_good_trials(study, 3, report=f1)
+    assert not any(prune_decisions(study, BEST, report=f1))
+    assert any(prune_decisions(study, STAGNANT_HIGH, report=f1))
 
 
 # -- stagnates -------------------------------------------------------------------------------

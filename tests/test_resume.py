@@ -522,6 +522,9 @@ SWEEPER_MISTAKES = {
     "budget not a number": (["hydra.sweeper.n_trials=ten"],
                             "hydra.sweeper.n_trials=ten: Value 'ten' of type 'str' could not be "
                             "converted to Integer"),
+    "monitor not a reported metric": (["hydra.sweeper.monitor=val/auc"],
+                                      "hydra.sweeper.monitor=val/auc is not a metric trials "
+                                      "report each epoch; use one of val/loss, val/acc,"),
     "direction against the objective": (["hydra.sweeper.direction=minimize"],
                                         "objective.direction=maximize"),
     "unknown group option": (["augment=nope"],
