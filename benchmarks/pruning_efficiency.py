@@ -12,6 +12,14 @@ of each, and their ratios. Target: >= 5x fewer trial-epochs, best within 0.5 poi
 
 Per trial it also prints the epochs run and how the trial ended, so a miss can be traced to
 the trials that ran long.
+
+``--replay DIR`` runs no sweep: it feeds the per-epoch values of the no-pruning study kept in
+``DIR/none`` (by ``--keep DIR``) through the stagnation pruner at several warm-up and
+patience settings, trial by trial in their order, and prints the trial-epochs each would
+have spent and which trials it would have stopped. It shows the trade-off between compute
+and keeping slow starters; it cannot show what the sampler would have tried instead.
+
+    python benchmarks/pruning_efficiency.py --replay runs/p1
 """
 
 from __future__ import annotations
@@ -60,12 +68,57 @@ def sweep(pruner: str, trials: int, epochs: int, cwd: Path) -> Outcome:
                    study.best_value, Counter(t.state.name.lower() for t in trials_))
 
 
+#: (n_warmup_steps, patience) settings compared by --replay; plateau's default is (1, 2).
+REPLAYED = ((0, 1), (0, 2), (1, 2), (2, 2), (3, 2), (3, 3))
+
+
+def replay(kept: Path) -> None:
+    """Replay the kept no-pruning study's curves through StagnationPruner settings."""
+    sys.path.insert(0, str(ROOT))
+    from sweeps.pruning import StagnationPruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    done = optuna.load_study(study_name="plateau",
+                             storage=f"sqlite:///{kept / 'none' / 'plateau.db'}")
+    curves = [[t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+              for t in done.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    full = sum(map(len, curves))
+    print(f"{len(curves)} no-pruning trials, {full} trial-epochs; each replayed setting:")
+    for warmup, patience in REPLAYED:
+        pruner = StagnationPruner(patience=patience, n_warmup_steps=warmup)
+        study = optuna.create_study(direction=done.direction, pruner=pruner)
+        spent, ends = 0, []
+        for curve in curves:
+            trial, values, end = study.ask(), [], "full"
+            for step, value in enumerate(curve):
+                trial.report(value, step)
+                values.append(value)
+                if trial.should_prune():
+                    end = f"pruned@{step}"
+                elif pruner.stagnates(values, study.direction):
+                    end = f"stopped@{step}"
+                if end != "full":
+                    break
+            spent += len(values)
+            if end.startswith("pruned"):
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, max(values))
+            ends.append(end)
+        print(f"  n_warmup_steps={warmup} patience={patience}: {spent:>4} trial-epochs "
+              f"({full / spent:.1f}x)  {' '.join(ends)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12, help="trial budget of each sweep")
     parser.add_argument("--epochs", type=int, default=15, help="trainer.max_epochs")
     parser.add_argument("--keep", type=Path, help="keep each sweep's folder (plateau.db) here")
+    parser.add_argument("--replay", type=Path, help="replay the kept no-pruning study of DIR")
     args = parser.parse_args()
+    if args.replay is not None:
+        replay(args.replay.resolve())
+        return
     outcomes = []
     for pruner in ("none", "stagnation"):
         with tempfile.TemporaryDirectory() as tmp:
