@@ -33,6 +33,14 @@ BEST = [0.2, 0.15, 0.1, 0.08]
 
 Report = Callable[[float, StudyDirection], float]
 
+#: Optuna's median rule and plateau's pruner built on it: a test runs with each.
+EITHER_PRUNER = pytest.mark.parametrize(
+    "pruner",
+    [MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+     StagnationPruner(patience=1, n_startup_trials=2)],
+    ids=["median", "stagnation"],
+)
+
 
 def raw(loss: float, direction: StudyDirection) -> float:
     """Report the loss as is, whatever the study's direction (the mistake ``aligned`` fixes)."""
@@ -101,12 +109,7 @@ def test_a_monitored_metric_is_negated_only_against_the_studys_direction(
     assert aligned(0.7, direction, monitor_direction(monitor)) == (-0.7 if negated else 0.7)
 
 
-@pytest.mark.parametrize(
-    "pruner",
-    [MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-     StagnationPruner(patience=1, n_startup_trials=2)],
-    ids=["median", "stagnation"],
-)
+@EITHER_PRUNER
 def test_monitored_f1_in_maximize_study_prunes_worst_trial_and_keeps_best(
     make_study: Callable[..., optuna.Study], pruner: BasePruner,
 ) -> None:
@@ -243,12 +246,7 @@ def test_pruner_sees_trial_through_frozen_trial_in_maximize_study(
     assert not pruner.prune(study, study._storage.get_trial(improving._trial_id))
 
 
-@pytest.mark.parametrize(
-    "pruner",
-    [MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-     StagnationPruner(patience=1, n_startup_trials=2)],
-    ids=["median", "stagnation"],
-)
+@EITHER_PRUNER
 def test_raw_loss_in_maximize_study_prunes_best_trial_and_keeps_worst(
     make_study: Callable[..., optuna.Study], pruner: BasePruner,
 ) -> None:
@@ -261,12 +259,7 @@ def test_raw_loss_in_maximize_study_prunes_best_trial_and_keeps_worst(
     assert not any(prune_decisions(study, STAGNANT_HIGH, report=raw))
 
 
-@pytest.mark.parametrize(
-    "pruner",
-    [MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-     StagnationPruner(patience=1, n_startup_trials=2)],
-    ids=["median", "stagnation"],
-)
+@EITHER_PRUNER
 def test_aligned_loss_in_maximize_study_prunes_worst_trial_and_keeps_best(
     make_study: Callable[..., optuna.Study], pruner: BasePruner,
 ) -> None:

@@ -118,6 +118,16 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "plateau: error" in line]
 
 
+def stopped_with_one_line(sweep: Sweep) -> str:
+    """The one error line of a sweep that stopped on a mistake or fault (exit 2, no
+    traceback)."""
+    assert sweep.returncode == 2, sweep.stderr[-3000:]
+    assert "Traceback" not in sweep.output
+    (line,) = error_lines(sweep.stderr)
+    assert line.startswith("plateau: error:")
+    return line
+
+
 def interrupted(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and bool(trial.user_attrs.get("interrupted"))
 
@@ -341,10 +351,7 @@ def test_after_a_fault_and_rerun_study_and_mlflow_agree_on_every_trial(
 def test_exception_mid_fit_fails_its_trial_and_stops_a_sweep_without_tolerance(
         raised: StoppedAndResumed) -> None:
     """max_failure_rate=0 (the default): the first failure ends the sweep with one line."""
-    first = raised.stopped
-    assert first.returncode == 2, first.stderr[-3000:]
-    assert "Traceback" not in first.output
-    (line,) = error_lines(first.stderr)
+    line = stopped_with_one_line(raised.stopped)
     assert "1 of 1 trials failed, above hydra.sweeper.max_failure_rate=0.0" in line
     assert "RuntimeError: planted fault at epoch 2" in line
     assert raised.cut.state == TrialState.FAIL
@@ -388,10 +395,7 @@ def test_rerun_of_a_study_that_met_its_budget_runs_nothing(diverged: StoppedAndR
 
 def test_full_disk_stops_the_sweep_with_one_line_naming_the_file_and_the_fix(
         disk_full: StoppedAndResumed) -> None:
-    first = disk_full.stopped
-    assert first.returncode == 2, first.stderr[-3000:]
-    assert "Traceback" not in first.output
-    (line,) = error_lines(first.stderr)
+    line = stopped_with_one_line(disk_full.stopped)
     assert f"trial {disk_full.cut.number} ran out of disk space writing " \
            f"{disk_full.cwd / CHECKPOINTS}/" in line
     assert "No space left on device" in line
@@ -500,11 +504,7 @@ def test_every_failing_trial_has_an_mlflow_run_tagged_with_its_error(
 
 
 def test_failure_above_max_failure_rate_stops_the_sweep_with_one_line(tmp_path: Path) -> None:
-    result = failing_sweep(tmp_path, 0.0)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.output
-    (line,) = error_lines(result.stderr)
-    assert line.startswith("plateau: error:")
+    line = stopped_with_one_line(failing_sweep(tmp_path, 0.0))
     assert "max_failure_rate=0.0" in line
     trials = study_trials(tmp_path)
     assert sum(map(is_finished, trials)) < 4  # stopped before the budget
@@ -575,11 +575,8 @@ def test_sweeper_mistake_gets_one_line_error_and_no_study_or_run(case: str, tmp_
     overrides, expected = SWEEPER_MISTAKES[case]
     overrides = [o.replace("{afile}", str(a_file)) for o in overrides]  # {} is an override
     result = run_sweep(*TINY, *overrides, cwd=tmp_path, timeout=120)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.output
+    line = stopped_with_one_line(result)
     assert SECRET not in result.output
-    (line,) = error_lines(result.stderr)
-    assert line.startswith("plateau: error:")
     assert expected.replace("{afile}", str(a_file)) in line
     db = tmp_path / "plateau.db"
     assert not db.exists() or not optuna.get_all_study_summaries(storage_url(tmp_path))
