@@ -78,11 +78,11 @@ def _params_override(arguments: list[str]) -> PlateauError | None:
     for argument in arguments:
         if argument.startswith(_PARAMS) and "=" in argument:
             key, _, value = argument.partition("=")
+            expression = value.strip("'\"")  # the shell's quotes, kept by the inner ones
             return PlateauError(
-                f"{argument}: search parameters cannot be set under hydra.sweeper.params from the "
-                "command line; "
-                f"sweep {key[len(_PARAMS):]}={value.strip(chr(39) + chr(34))} instead (or list "
-                "it under hydra.sweeper.params in a conf/search/ file)")
+                f"{argument}: search parameters cannot be set under hydra.sweeper.params from "
+                f"the command line; sweep {key[len(_PARAMS):]}={expression} instead (or list it "
+                "under hydra.sweeper.params in a conf/search/ file)")
     return None
 
 
