@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import ROOT, TINY, TINY_DISK
+from sweeps.errors import disk_full, disk_full_message, drop_partial_copy
 
 
 def sweep(*args: str, cwd: Path, timeout: float = 600,
@@ -119,3 +121,39 @@ def test_user_mistake_gets_one_line_error_and_no_run(case: str, tmp_path: Path,
     assert expected.format(**places) in errors[0]
     assert not (tmp_path / "mlflow.db").exists()  # nothing half-written
     assert not (tmp_path / "plateau.db").exists()
+
+
+def _wrapped(inner: BaseException, how: str) -> BaseException:
+    """``inner`` behind a library's own error, as its cause or as the error being handled."""
+    try:
+        try:
+            raise inner
+        except BaseException as err:
+            if how == "cause":
+                raise RuntimeError("saving the checkpoint failed") from err
+            raise RuntimeError("saving the checkpoint failed")  # noqa: B904 (context)
+    except RuntimeError as outer:
+        return outer
+
+
+@pytest.mark.parametrize("how", ["cause", "context"])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_is_found_behind_a_librarys_error(how: str, code: int) -> None:
+    full = OSError(code, os.strerror(code), "/tmp/x.tmp", None, "/ckpt/epoch=0.ckpt")
+    assert disk_full(_wrapped(full, how)) is full
+    assert "writing /ckpt/epoch=0.ckpt" in disk_full_message(full, "trial 3")
+
+
+def test_other_os_errors_are_not_a_full_disk() -> None:
+    assert disk_full(_wrapped(PermissionError(errno.EACCES, "Permission denied"), "cause")) is None
+    assert disk_full(ValueError("no")) is None
+
+
+def test_partial_copy_is_removed_and_its_source_kept(tmp_path: Path) -> None:
+    source, partial = tmp_path / "whole.tmp", tmp_path / "cut.ckpt"
+    source.write_bytes(b"x" * 100)
+    partial.write_bytes(b"x" * 10)
+    drop_partial_copy(OSError(errno.ENOSPC, "No space left on device", str(source), None,
+                              str(partial)))
+    assert source.exists()
+    assert not partial.exists()
