@@ -29,10 +29,11 @@ CONF = ROOT / "conf"
 TINY = ["data=synthetic", "backbone=test_resnet", "trainer=cpu", "trainer.max_epochs=1"]
 
 #: Runs the command that follows it with a 1 MiB tmpfs mounted on the folder given first (a
-#: test_resnet checkpoint is ~4 MiB), in a user+mount namespace of its own: no root needed,
-#: and the mount vanishes with the process. What the tmpfs held at the end is listed in
-#: ``<folder>.left`` (one path per line).
-TINY_DISK = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+#: test_resnet checkpoint is ~4 MiB), in a mount namespace of its own (root's, or for anyone
+#: else inside a user namespace of their own): the mount vanishes with the process. What the
+#: tmpfs held at the end is listed in ``<folder>.left`` (one path per line).
+TINY_DISK = ["unshare", "--mount",
+             *([] if os.geteuid() == 0 else ["--user", "--map-root-user"]), "sh", "-c",
              'mount -t tmpfs -o size=1m tmpfs "$0" || exit 97; "$@"; code=$?; '
              'find "$0" -type f > "$0.left"; exit $code']
 
