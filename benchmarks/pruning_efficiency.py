@@ -6,7 +6,8 @@ space with the same TPE seed, trial budget and ``trainer.max_epochs``, one after
 fresh directories; the script prints trial-epochs (compute), wall time and the best objective
 of each, and their ratios. Target: >= 5x fewer trial-epochs, best within 0.5 points.
 
-    python benchmarks/pruning_efficiency.py                         # ~40 min on 2 CPU cores
+    python benchmarks/pruning_efficiency.py                         # 12 x 15, ~50 min here
+    python benchmarks/pruning_efficiency.py --trials 16 --epochs 10 # 41 min on 2 CPU cores
     python benchmarks/pruning_efficiency.py --trials 6 --epochs 8   # a quicker look
     python benchmarks/pruning_efficiency.py --keep runs/p1          # keep both studies
 
