@@ -73,6 +73,16 @@ def disk_full_message(err: OSError, what: str) -> str:
             "room, then re-run the same command")
 
 
+def full_disk_line(err: BaseException, what: str) -> str | None:
+    """When ``err`` comes from a full disk: remove the partial copy it left and return the
+    one line to report (:func:`disk_full_message`); None for any other error."""
+    full = disk_full(err)
+    if full is None:
+        return None
+    drop_partial_copy(full)
+    return disk_full_message(full, what)
+
+
 def report_user_error(err: PlateauError) -> None:
     """Print ``err`` as plateau's one-line error."""
     # escaped: a message quoting a path or a library's error may hold "[...]", which rich

@@ -62,13 +62,18 @@ def _unknown_key(err: ConfigCompositionException, key: str) -> str:
             f"--help the groups), or add a new key with {added}")
 
 
+def _search_instead(key: str, value: str, how: str = "") -> str:
+    """The fix for a search expression given as ``hydra.sweeper.params.<name>=value``."""
+    return (f"sweep {key[len(_PARAMS):]}={value}{how} instead (or list it under "
+            "hydra.sweeper.params in a conf/search/ file)")
+
+
 def _swept_hydra_setting(override: str) -> str:
     key, _, value = override.partition("=")
     if not key.startswith(_PARAMS):
         return f"{override}: Hydra sweeps none of its own settings; give {key} one value"
-    return (f"{override}: Hydra sweeps none of its own settings; sweep "
-            f"{key[len(_PARAMS):]}={value} on the command line instead (or list it under "
-            "hydra.sweeper.params in a conf/search/ file)")
+    return (f"{override}: Hydra sweeps none of its own settings; "
+            f"{_search_instead(key, value, ' on the command line')}")
 
 
 def _params_override(arguments: list[str]) -> PlateauError | None:
@@ -81,8 +86,7 @@ def _params_override(arguments: list[str]) -> PlateauError | None:
             expression = value.strip("'\"")  # the shell's quotes, kept by the inner ones
             return PlateauError(
                 f"{argument}: search parameters cannot be set under hydra.sweeper.params from "
-                f"the command line; sweep {key[len(_PARAMS):]}={expression} instead (or list it "
-                "under hydra.sweeper.params in a conf/search/ file)")
+                f"the command line; {_search_instead(key, expression)}")
     return None
 
 

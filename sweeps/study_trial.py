@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_modules.classifier import ImageClassifier
 from sweeps import ddp, devices, tracking
-from sweeps.errors import disk_full, disk_full_message, drop_partial_copy, one_line
+from sweeps.errors import full_disk_line, one_line
 from sweeps.pruning import StagnationPruner, aligned, monitor_direction
 from sweeps.storage import DEFAULT_STUDY_NAME, job_storage_url, load_study
 from sweeps.trial import best_objective, prepare_trial
@@ -244,10 +244,9 @@ def run_study_trial(cfg: DictConfig) -> float:
         tracking.end_trial_run(logger, "FAIL", {"plateau.interrupted": "true"}, "KILLED")
         raise KeyboardInterrupt from None
     except Exception as err:  # a failing trial must not end the sweep
-        full = disk_full(err)
-        if full is not None:  # nor count: every later trial would fail the same way
-            drop_partial_copy(full)
-            _halt(study, trial, logger, disk_full_message(full, f"trial {trial.number}"))
+        full_disk = full_disk_line(err, f"trial {trial.number}")
+        if full_disk is not None:  # nor count: every later trial would fail the same way
+            _halt(study, trial, logger, full_disk)
             return float("nan")
         message = _error_line(err)
         log.error("trial %d failed: %s", trial.number, message)

@@ -29,13 +29,7 @@ from doctor.recorder import CurveRecorder
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.freezing import StageFreezing
 from sweeps import ddp, devices, tracking
-from sweeps.errors import (
-    PlateauError,
-    console,
-    disk_full,
-    disk_full_message,
-    drop_partial_copy,
-)
+from sweeps.errors import PlateauError, console, full_disk_line
 from sweeps.pruning import METRICS
 
 log = logging.getLogger(__name__)
@@ -256,10 +250,10 @@ def _job_root_dir(trainer_cfg: DictConfig) -> dict[str, str]:
     (``<sweep dir>/<trial number>`` in a sweep), beside the job's config and log."""
     if trainer_cfg.get("default_root_dir") is not None or not HydraConfig.initialized():
         return {}
-    # unset when the config was composed without a run (Hydra's compose API)
     runtime = HydraConfig.get().runtime
-    job_dir = None if OmegaConf.is_missing(runtime, "output_dir") else runtime.output_dir
-    return {} if job_dir is None else {"default_root_dir": str(job_dir)}
+    if OmegaConf.is_missing(runtime, "output_dir"):  # composed without a run (compose API)
+        return {}
+    return {"default_root_dir": str(runtime.output_dir)}
 
 
 def _use_feature_cache(cfg: DictConfig, parts: TrialParts) -> str:
@@ -326,11 +320,10 @@ def run_trial(cfg: DictConfig) -> float:
     try:
         prepared.trainer.fit(prepared.model, datamodule=prepared.datamodule)
     except Exception as err:
-        full = disk_full(err)
-        if full is None:
+        line = full_disk_line(err, "the run")
+        if line is None:
             raise
-        drop_partial_copy(full)
-        raise PlateauError(disk_full_message(full, "the run")) from err
+        raise PlateauError(line) from err
     value = best_objective(prepared.model)
     if prepared.logger is not None:
         tracking.log_objective(prepared.logger, value)

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import ROOT, TINY, TINY_DISK
-from sweeps.errors import disk_full, disk_full_message, drop_partial_copy
+from sweeps.errors import disk_full, disk_full_message, drop_partial_copy, full_disk_line
 
 
 def sweep(*args: str, cwd: Path, timeout: float = 600,
@@ -157,3 +157,13 @@ def test_partial_copy_is_removed_and_its_source_kept(tmp_path: Path) -> None:
                               str(partial)))
     assert source.exists()
     assert not partial.exists()
+
+
+def test_full_disk_line_drops_the_partial_copy_and_says_where(tmp_path: Path) -> None:
+    partial = tmp_path / "cut.ckpt"
+    partial.write_bytes(b"x")
+    full = OSError(errno.ENOSPC, "No space left on device", "/tmp/x.tmp", None, str(partial))
+    line = full_disk_line(_wrapped(full, "cause"), "trial 2")
+    assert line == disk_full_message(full, "trial 2")
+    assert not partial.exists()
+    assert full_disk_line(ValueError("no"), "trial 2") is None
