@@ -5,14 +5,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from sweeps.errors import exit_on_user_error
+from errors import exit_on_user_error
 from sweeps.hydra_errors import one_line_hydra_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
-    from sweeps.trial import run_trial  # after Hydra parsed the command line: fast --help
+    from sweeps.job.run import run_trial  # after Hydra parsed the command line: fast --help
 
     return run_trial(cfg)
 

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data_modules.image_folder import ImageFolderDataModule  # noqa: E402
-from sweeps.trial import build  # noqa: E402
+from sweeps.job.build import build  # noqa: E402
 
 
 def write_jpegs(root: Path, count: int) -> None:

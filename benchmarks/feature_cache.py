@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sweeps.trial import prepare_trial  # noqa: E402
+from sweeps.job.prepare import prepare_trial  # noqa: E402
 
 
 def trial(epochs: int, *overrides: str) -> tuple[float, float, float]:

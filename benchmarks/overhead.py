@@ -43,7 +43,7 @@ def bare(epochs: int) -> None:
     import lightning.pytorch as pl
     from hydra import compose, initialize_config_dir
 
-    from sweeps.trial import build_parts
+    from sweeps.job.build import build_parts
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["logger=none"])

@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sweeps.trial import build_parts, preflight, run_trial  # noqa: E402
+from sweeps.job.build import build_parts  # noqa: E402
+from sweeps.job.prepare import preflight  # noqa: E402
+from sweeps.job.run import run_trial  # noqa: E402
 
 
 def config(*overrides: str) -> DictConfig:

@@ -35,7 +35,7 @@ import PIL
 from PIL import Image, UnidentifiedImageError
 
 from data_modules import images
-from sweeps.errors import PlateauError, one_line
+from errors import PlateauError, one_line
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from data_modules.bad_files import read_image
 from data_modules.class_balance import ClassWeighting
 from data_modules.images import decode
 from data_modules.transforms import Augmentation, build_transforms, resolve_data_config
-from sweeps.errors import PlateauError
+from errors import PlateauError
 
 Item = np.ndarray | Path
 #: Items and their integer targets.

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from data_modules.datamodules import ClassificationDataModule, Item, Split
-from sweeps.errors import PlateauError
+from errors import PlateauError
 
 
 def long_tail_counts(counts: np.ndarray, imbalance: float) -> np.ndarray:

@@ -22,7 +22,7 @@ from data_modules.cache_dir import cache_root
 from data_modules.datamodules import ClassificationDataModule, ImageDataset, Item, Split
 from data_modules.decoded_cache import DecodedCache, serve_decoded, stamp, validation_resize
 from data_modules.images import IMAGE_SUFFIXES
-from sweeps.errors import PlateauError
+from errors import PlateauError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from sweeps.errors import PlateauError
+from errors import PlateauError
 
 
 @dataclass(frozen=True)

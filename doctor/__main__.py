@@ -23,7 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeps.errors import PlateauError, one_line, report_user_error
+from errors import PlateauError, one_line, report_user_error
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -43,7 +43,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 
 def preflight(overrides: list[str]) -> int:
-    from sweeps.trial import preflight_config  # heavy imports after parsing
+    from sweeps.job.prepare import preflight_config  # heavy imports after parsing
 
     report = preflight_config(compose_config(overrides))
     report.show(verbose=True)
@@ -51,7 +51,7 @@ def preflight(overrides: list[str]) -> int:
 
 
 def report(out: Path, overrides: list[str]) -> int:
-    from sweeps.study_report import report_existing
+    from sweeps.report.publish import report_existing
 
     path = report_existing(compose_config(overrides), out)
     print(path)

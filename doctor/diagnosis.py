@@ -23,42 +23,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from doctor.settings import Thresholds
+
 LABELS = ("diverged", "no_progress", "majority_collapse", "overfitting", "underfitting",
           "healthy")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """When a curve counts as a symptom (``doctor.thresholds`` in the config).
-
-    Attributes:
-        divergence_rise: validation loss ending this fraction above its first value, never
-            having improved on it by more than the same fraction, is divergence; so is a
-            training loss ending this fraction above its first value.
-        explosion_factor: a training loss above this many times the loss of guessing
-            uniformly (ln of the number of classes) is divergence.
-        collapse_share: share of validation predictions in one class that is a collapse.
-        no_progress_drop: the training loss falling by less than this fraction of its first
-            value is no progress.
-        overfit_gap: training minus validation accuracy that counts as overfitting (with the
-            validation loss ending ``overfit_rise`` above its minimum).
-        overfit_rise: fraction above its minimum that validation loss must end at.
-        underfit_accuracy: training and validation accuracy both below this is underfitting.
-    """
-
-    divergence_rise: float = 0.1
-    explosion_factor: float = 10.0
-    collapse_share: float = 0.9
-    no_progress_drop: float = 0.02
-    overfit_gap: float = 0.15
-    overfit_rise: float = 0.1
-    underfit_accuracy: float = 0.6
-
-    def __post_init__(self) -> None:
-        for name in ("collapse_share", "underfit_accuracy"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"doctor.thresholds.{name}={value} must be in (0, 1]")
 
 
 @dataclass

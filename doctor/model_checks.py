@@ -15,8 +15,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from doctor.findings import Finding
+from errors import PlateauError
 from lightning_modules.stages import backbone_stages
-from sweeps.errors import PlateauError
 
 _SINGLE_LABEL_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
 _FIXES = "freeze=depth freeze.depth=2, or freeze=none"

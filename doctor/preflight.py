@@ -44,43 +44,8 @@ from doctor.input_checks import (
 )
 from doctor.leakage import FingerprintCache, Fingerprints, check_leakage
 from doctor.model_checks import check_model
-from sweeps.errors import PlateauError, console
-
-
-@dataclass(frozen=True)
-class PreflightSettings:
-    """``doctor.preflight`` in the config.
-
-    Attributes:
-        enabled: run the checks before each trial (``python -m doctor preflight`` always does).
-        sample_images: images transformed to measure input statistics.
-        max_abs_mean: largest |channel mean| of normalized inputs before a warning.
-        min_std: smallest channel std of normalized inputs before a warning.
-        max_std: largest channel std of normalized inputs before a warning.
-        near_duplicate_distance: pHash bits (of 64) within which two images are near copies;
-            -1 turns the near-duplicate check off.
-        imbalance_ratio: largest/smallest class from which an unweighted plain-accuracy run
-            is warned.
-        min_images_per_class: fewest training images per class before a warning.
-        majority_share: share of one class from which the data counts as mostly one class.
-    """
-
-    enabled: bool = True
-    sample_images: int = 64
-    max_abs_mean: float = 3.0
-    min_std: float = 0.1
-    max_std: float = 5.0
-    near_duplicate_distance: int = 2
-    imbalance_ratio: float = 3.0
-    min_images_per_class: int = 5
-    majority_share: float = 0.9
-
-    def __post_init__(self) -> None:
-        if self.sample_images < 2:
-            raise ValueError(f"doctor.preflight.sample_images={self.sample_images} must be >= 2")
-        if not 0.0 < self.majority_share <= 1.0:
-            raise ValueError(f"doctor.preflight.majority_share={self.majority_share} must be "
-                             "in (0, 1]")
+from doctor.settings import PreflightSettings
+from errors import PlateauError, console
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Weights for ``pretrained=True`` are looked for, in order: ``weights_file``; a package that ships
 them (:mod:`lightning_modules.offline_weights`); the Hugging Face cache; a download when the hub
-is reachable. If none works the run stops with a :class:`~sweeps.errors.PlateauError` saying how
+is reachable. If none works the run stops with a :class:`~errors.PlateauError` saying how
 to provide them: a model is never trained from random weights unless ``pretrained=false``.
 """
 
@@ -19,8 +19,8 @@ import timm
 import torch
 from torch import nn
 
+from errors import PlateauError
 from lightning_modules.offline_weights import OFFLINE_WEIGHTS
-from sweeps.errors import PlateauError
 
 log = logging.getLogger(__name__)
 

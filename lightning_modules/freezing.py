@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
+from errors import PlateauError
 from lightning_modules.stages import Stage, backbone_stages
-from sweeps.errors import PlateauError
 
 log = logging.getLogger(__name__)
 

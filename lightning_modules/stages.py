@@ -15,7 +15,7 @@ from timm.models._manipulate import MATCH_PREV_GROUP, group_with_matcher
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sweeps.errors import PlateauError
+from errors import PlateauError
 
 
 @dataclass

@@ -1,7 +1,20 @@
-"""Orchestration: the trial runner, MLflow bookkeeping, and the study around them.
+"""Orchestration: a sweep of trials, each a Hydra job, around one Optuna study.
 
-Submodules are imported where used: ``sweeps.errors`` is needed by the model and data
-packages and must not pull in Lightning.
+The rooms, from the top down:
+
+- :mod:`sweeps.sweeper` — the sweeper side: settings checks, the study and its stale trials,
+  asking within the budget, the slots that keep trials in flight, who closes the study.
+- :mod:`sweeps.job` — the job side: building, fitting and reporting one trial (the only
+  room that imports Lightning, timm and torch), DDP ranks, the trial's MLflow run.
+- :mod:`sweeps.report` — the study report's model, files and plots, the terminal's tables,
+  the best trial's config, and the study's MLflow parent run.
+- the floor both sides stand on: :mod:`sweeps.ledger` (trial attributes, budget states and
+  every use of Optuna's private API), :mod:`sweeps.metrics`, :mod:`sweeps.pruning`,
+  :mod:`sweeps.storage` and :mod:`sweeps.races`, :mod:`sweeps.tracking` (the MLflow store),
+  :mod:`sweeps.devices` (GPU seats, DDP process counts), :mod:`sweeps.schema`,
+  :mod:`sweeps.writable`; and for ``sweep.py``, :mod:`sweeps.hydra_errors`.
+
+Errors come from the ground-floor :mod:`errors` package, which imports nothing of plateau's.
 """
 
 import warnings

@@ -1,4 +1,6 @@
-"""Trials that run in parallel on one machine must not share a GPU by accident.
+"""Which devices a trial takes: its GPU seat, and how many DDP processes it trains in.
+
+Trials that run in parallel on one machine must not share a GPU by accident.
 
 Several ``python sweep.py -m`` workers, and a parallel Hydra launcher inside each, start trials
 that know nothing of one another; left alone, every trial's Lightning ``devices="auto"`` takes
@@ -24,9 +26,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, ListConfig, open_dict
 
-from sweeps.errors import PlateauError
+from errors import PlateauError
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,23 @@ def requested_gpus(accelerator: str, devices: object, gpus: Sequence[int]) -> in
             return len(gpus)
         return devices if devices >= 1 else None
     return None
+
+
+def processes(trainer_cfg: DictConfig) -> int:
+    """How many processes a fit of ``trainer_cfg`` trains in: ``trainer.devices`` as a count
+    above 1, a list of several indices or ``"0,1"`` means DDP; anything else one (``auto``
+    gets one GPU per trial in a sweep, see :func:`requested_gpus`; ``-1`` is left to Lightning)."""
+    devices = trainer_cfg.get("devices")
+    if isinstance(devices, str):
+        text = devices.strip().strip("[]")
+        if "," in text:
+            return len([d for d in text.split(",") if d.strip()])
+        devices = int(text) if text.isdigit() else 1
+    if isinstance(devices, ListConfig | list | tuple):
+        return max(len(devices), 1)
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1:
+        return devices
+    return 1
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from hydra.errors import (
 )
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from sweeps.errors import PlateauError, one_line, report_user_error
+from errors import PlateauError, one_line, report_user_error
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
@@ -116,7 +116,7 @@ def hydra_mistake(err: ConfigCompositionException | OverrideParseException) -> P
 def one_line_hydra_errors() -> Iterator[None]:
     """Around ``hydra.main``: a mistake Hydra finds in the config or the command line ends
     with plateau's one-line error and exit code 2 (the task and plateau's callback report
-    their own: :func:`sweeps.errors.exit_on_user_error`)."""
+    their own: :func:`errors.exit_on_user_error`)."""
     if os.environ.get(FULL_ERROR) == "1":  # the user asked for Hydra's full reports
         yield
         return

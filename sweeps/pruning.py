@@ -1,11 +1,7 @@
-"""Pruning on stagnation, and the direction convention of reported values.
+"""Pruning on stagnation: trailing trials pruned, competitive ones that stall completed early.
 
-Trials report their ``monitor`` metric every epoch (validation loss by default), but a study
-usually *maximizes* its objective (F1, accuracy) while loss is *minimized*. Optuna's pruners
-compare intermediate values in the study's direction, so a trial reports the monitored value
-**negated** when its own direction differs from the study's (:func:`aligned`): better is then
-the same way for both. Forgetting this makes a median pruner keep the worst trials and prune
-the best.
+Values arrive in the study's direction (see :mod:`sweeps.metrics` for why a loss is reported
+negated in a maximizing study).
 """
 
 from __future__ import annotations
@@ -16,27 +12,6 @@ import optuna
 from optuna.pruners import BasePruner, MedianPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
-
-#: The validation metrics every trial logs each epoch: objective and monitor candidates.
-METRICS = ("val/loss", "val/acc", "val/balanced_acc", "val/f1_macro")
-
-
-def monitor_direction(monitor: str) -> StudyDirection:
-    """Which way ``monitor`` gets better: losses down, every other ``val/*`` metric plateau
-    logs (``acc``, ``balanced_acc``, ``f1_macro``) up."""
-    return StudyDirection.MINIMIZE if monitor.endswith("loss") else StudyDirection.MAXIMIZE
-
-
-def aligned(value: float, direction: StudyDirection,
-            monitored: StudyDirection = StudyDirection.MINIMIZE) -> float:
-    """The value to report for ``value`` of a metric that gets better in the ``monitored``
-    direction (a loss by default) in a study of ``direction``."""
-    return value if monitored == direction else -value
-
-
-def is_negated(monitor: str, direction: StudyDirection) -> bool:
-    """Whether trials of a ``direction`` study report ``monitor`` negated (:func:`aligned`)."""
-    return monitor_direction(monitor) != direction
 
 
 class StagnationPruner(BasePruner):

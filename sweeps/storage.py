@@ -8,17 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 from optuna.storages import BaseStorage
 
-from sweeps.errors import PlateauError
+from errors import PlateauError
 from sweeps.races import creating_sqlite, retrying, sqlite_file
-from sweeps.tracking import launch_dir
 
 DEFAULT_STORAGE_FILE = "plateau.db"
 #: The study of ``study_name: null`` (as lightning-hydra-template files have it).
 DEFAULT_STUDY_NAME = "plateau"
 _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@")
+
+
+def launch_dir() -> Path:
+    """The directory ``sweep.py`` was started from (Hydra jobs may run elsewhere)."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
 
 
 def mask_password(text: str) -> str:

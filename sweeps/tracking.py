@@ -1,32 +1,27 @@
-"""MLflow bookkeeping of one trial: run name, knob tags, flattened params, config artifact."""
+"""The MLflow store: where it is, a client on it, and what a trial's run is named and tagged.
+
+Lightning-free, so the sweeper and the report use it without importing the trial stack; a
+trial's own run goes through Lightning's logger (:mod:`sweeps.job.logger`).
+"""
 
 from __future__ import annotations
 
 import json
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from sweeps.races import creating_sqlite, retrying, sqlite_file
+from sweeps.storage import launch_dir
 from sweeps.writable import check_folder
 
 #: Config groups whose choice is tagged on every run, so the MLflow UI can filter and group.
 KNOBS = ("data", "backbone", "freeze", "augment", "class_weight", "regularization",
          "lr_schedule", "optimizer")
-
-
-def launch_dir() -> Path:
-    """The directory ``sweep.py`` was started from (Hydra jobs may run elsewhere)."""
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.cwd)
-    return Path.cwd()
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -81,7 +76,7 @@ def flatten_config(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
-def _mlflow_config(cfg: DictConfig) -> DictConfig | None:
+def mlflow_config(cfg: DictConfig) -> DictConfig | None:
     """``cfg.logger`` when it is MLflow's, None for ``logger=none``."""
     logger_cfg = cfg.get("logger")
     return logger_cfg if logger_cfg and logger_cfg.get("_target_") is not None else None
@@ -90,7 +85,7 @@ def _mlflow_config(cfg: DictConfig) -> DictConfig | None:
 def check_store(cfg: DictConfig) -> None:
     """A local MLflow store (sqlite file or ``file:`` folder) must be creatable: a mistake
     there is a one-line error before a study or run exists. Servers are not contacted."""
-    logger_cfg = _mlflow_config(cfg)
+    logger_cfg = mlflow_config(cfg)
     if logger_cfg is None:
         return
     uri = absolute_tracking_uri(logger_cfg.tracking_uri)
@@ -102,60 +97,17 @@ def check_store(cfg: DictConfig) -> None:
         check_folder(folder, "logger.tracking_uri", logger_cfg.tracking_uri)
 
 
-def _knob_tags(choices: dict[str, str]) -> dict[str, str]:
+def knob_tags(choices: dict[str, str]) -> dict[str, str]:
     return {f"plateau.{knob}": choice for knob, choice in choices.items()}
-
-
-def create_logger(cfg: DictConfig, extra_tags: dict[str, str] | None = None
-                  ) -> MLFlowLogger | None:
-    """The MLflow logger of ``cfg.logger`` (None for ``logger=none``), run not yet created.
-
-    ``extra_tags`` may hold ``mlflow.parentRunId`` to nest the run under a study's run.
-    """
-    logger_cfg = _mlflow_config(cfg)
-    if logger_cfg is None:
-        return None
-    choices = knob_choices(cfg)
-    tags = _knob_tags(choices) | (extra_tags or {})
-    return instantiate(logger_cfg, tracking_uri=absolute_tracking_uri(logger_cfg.tracking_uri),
-                       run_name=run_name(choices), tags=tags)
-
-
-def log_trial_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
-    """Log the flattened config as params and the resolved YAML as ``config/config.yaml``."""
-    logger.log_hyperparams(flatten_config(cfg))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="config")
-
-
-def log_objective(logger: MLFlowLogger, value: float) -> None:
-    logger.experiment.log_metric(logger.run_id, "objective", value)
 
 
 #: Study user attribute holding the MLflow run id of the study's parent run.
 STUDY_RUN_ATTR = "mlflow_parent_run_id"
 
 
-def tag_run(logger: MLFlowLogger, tags: dict[str, str]) -> None:
-    for key, value in tags.items():
-        logger.experiment.set_tag(logger.run_id, key, value)
-
-
-def end_trial_run(logger: MLFlowLogger | None, state: str, tags: dict[str, str],
-                  status: str | None) -> None:
-    """Tag a trial's run with its study state; ``status`` terminates it (e.g. FAILED, KILLED)."""
-    if logger is None or logger._run_id is None:
-        return
-    tag_run(logger, {"plateau.state": state, **tags})
-    if status is not None:
-        logger.experiment.set_terminated(logger.run_id, status=status)
-
-
 def tracking_client(cfg: DictConfig) -> tuple[Any, str] | None:
     """(MlflowClient, experiment id) for the config's logger; None for ``logger=none``."""
-    logger_cfg = _mlflow_config(cfg)
+    logger_cfg = mlflow_config(cfg)
     if logger_cfg is None:
         return None
     from mlflow.tracking import MlflowClient
@@ -185,7 +137,7 @@ def record_failed_run(cfg: DictConfig, tags: dict[str, str], message: str) -> st
     client, experiment_id = found
     choices = knob_choices(cfg)
     run = client.create_run(experiment_id, run_name=run_name(choices), tags={
-        **_knob_tags(choices), **tags,
+        **knob_tags(choices), **tags,
         "plateau.state": "FAIL", "plateau.error": message,
     })
     client.set_terminated(run.info.run_id, status="FAILED")

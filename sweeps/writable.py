@@ -14,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweeps.errors import PlateauError, exit_on_user_error
+from errors import PlateauError, exit_on_user_error
 
 
 def check_folder(folder: Path, key: str, value: object) -> None:

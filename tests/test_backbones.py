@@ -17,9 +17,9 @@ from PIL import Image
 from timm.layers import DropPath
 from torch import nn
 
+from errors import PlateauError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.offline_weights import efficientnet_lite0_state_dict, rename_lite0_key
-from sweeps.errors import PlateauError
 
 #: ImageNet-1k classes 281-285: tabby, tiger cat, Persian, Siamese, Egyptian cat.
 IMAGENET_CATS = {281, 282, 283, 284, 285}

@@ -32,7 +32,7 @@ from data_modules import bad_files, images
 from data_modules.bad_files import UnreadableImageError
 from data_modules.decoded_cache import CachedImageDataset
 from data_modules.image_folder import ImageFolderDataModule
-from sweeps.errors import PlateauError
+from errors import PlateauError
 
 GOOD_PER_CLASS = 6
 #: Files that every folder holds and nothing may report: hidden, AppleDouble, not images.

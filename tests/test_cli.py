@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import ROOT, TINY, TINY_DISK
-from sweeps.errors import disk_full, disk_full_message, drop_partial_copy, full_disk_line
+from sweeps.job.disk import disk_full, disk_full_message, drop_partial_copy, full_disk_line
 
 
 def sweep(*args: str, cwd: Path, timeout: float = 600,

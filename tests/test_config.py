@@ -17,12 +17,12 @@ from PIL import Image
 from conftest import CONF, compose_config
 from data_modules.class_balance import ClassWeighting
 from data_modules.datamodules import ClassificationDataModule
+from errors import PlateauError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.freezing import StageFreezing
-from sweeps import tracking
-from sweeps.errors import PlateauError
-from sweeps.search_space import parse_search_space
-from sweeps.trial import build
+from sweeps.job import logger as trial_logger
+from sweeps.job.build import build
+from sweeps.sweeper.search_space import parse_search_space
 
 OPTIONS = sorted(
     (group.name, option.stem)
@@ -107,6 +107,6 @@ def test_option_composes_and_instantiates(group: str, option: str, image_root: P
         trainer = build(cfg, "trainer", precision="32-true", logger=False)
         assert isinstance(trainer, Trainer)
     elif group == "logger":
-        logger = tracking.create_logger(cfg)
+        logger = trial_logger.create_logger(cfg)
         assert (logger is None) == (option == "none")
         assert logger is None or isinstance(logger, MLFlowLogger)

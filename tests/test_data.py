@@ -28,7 +28,7 @@ from data_modules.digits import DigitsDataModule, long_tail_counts
 from data_modules.image_folder import ImageFolderDataModule
 from data_modules.images import load_rgb
 from data_modules.transforms import build_transforms, resolve_data_config
-from sweeps.errors import PlateauError
+from errors import PlateauError
 
 AUGMENT = Path(__file__).resolve().parents[1] / "conf" / "augment"
 POLICIES = sorted(path.stem for path in AUGMENT.glob("*.yaml"))

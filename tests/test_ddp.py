@@ -24,7 +24,6 @@ from test_sweep import (
 )
 from test_workers import storage_url
 
-from sweeps import ddp
 from sweeps.storage import open_storage
 
 EPOCHS = 4
@@ -77,4 +76,4 @@ def test_ddp_processes_counts_the_ranks_a_trial_trains_in(devices: object,
                                                            processes: int) -> None:
     """What decides whether a sweep's trials are DDP trials (which the basic launcher alone
     can run: their extra ranks re-run sweep.py)."""
-    assert ddp.processes(OmegaConf.create({"devices": devices})) == processes
+    assert devices.processes(OmegaConf.create({"devices": devices})) == processes

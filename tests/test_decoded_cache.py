@@ -27,8 +27,9 @@ from data_modules.cache_dir import CACHE_ENV
 from data_modules.datamodules import ImageDataset
 from data_modules.decoded_cache import PIXELS, CachedImageDataset, DecodedCache, validation_resize
 from data_modules.image_folder import ImageFolderDataModule
-from sweeps.errors import PlateauError
-from sweeps.trial import build, prepare_trial
+from errors import PlateauError
+from sweeps.job.build import build
+from sweeps.job.prepare import prepare_trial
 
 PRE_CROP = 168  # floor(160 / 0.95), test_resnet's validation resize
 #: (name, width, height): landscape JPEGs, a portrait PNG, one JPEG below the pre-crop size.

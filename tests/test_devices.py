@@ -22,6 +22,7 @@ import torch
 from omegaconf import ListConfig, OmegaConf
 
 from conftest import ROOT
+from errors import PlateauError
 from sweeps.devices import (
     GpuClaim,
     GpuSeats,
@@ -30,7 +31,6 @@ from sweeps.devices import (
     trial_gpus,
     visible_gpus,
 )
-from sweeps.errors import PlateauError
 
 
 def claim_now(seats: GpuSeats, count: int = 1) -> GpuClaim:

@@ -34,7 +34,7 @@ from sklearn.datasets import load_digits
 from data_modules.datamodules import ClassificationDataModule, Split
 from data_modules.synthetic import SyntheticDataModule
 from doctor.diagnosis import Diagnosis
-from sweeps.trial import prepare_trial
+from sweeps.job.prepare import prepare_trial
 
 HERE = "tests.test_diagnosis_trials"
 QUIET = ["logger=none", "doctor.preflight.enabled=false"]

@@ -13,7 +13,8 @@ import torch
 
 from data_modules.datamodules import FeatureDataset, ImageDataset
 from data_modules.feature_cache import FeatureCache, attach_features
-from sweeps.trial import build_parts, prepare_trial
+from sweeps.job.build import build_parts
+from sweeps.job.prepare import prepare_trial
 
 PROBE = ["logger=none", "freeze=head_only", "optimizer.lr=0.05", "trainer.max_epochs=3"]
 CPU = torch.device("cpu")

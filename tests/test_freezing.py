@@ -19,12 +19,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from data_modules.synthetic import SyntheticDataModule
+from errors import PlateauError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.freezing import FreezeDepth, GradualUnfreeze, HeadOnly, TrainAll
 from lightning_modules.schedules import warmup_cosine
 from lightning_modules.stages import backbone_stages
-from sweeps.errors import PlateauError
 
 SGD = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
 

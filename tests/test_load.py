@@ -14,7 +14,7 @@ import statistics
 import pytest
 from test_workers import start_workers
 
-from sweeps.study_trial import ATTR_FIT_SECONDS, is_finished
+from sweeps.ledger import ATTR_FIT_SECONDS, is_finished
 
 BUDGET, WORKERS = 200, 2
 

@@ -40,9 +40,10 @@ from doctor.input_checks import (
 )
 from doctor.leakage import FingerprintCache, Fingerprints, check_leakage
 from doctor.preflight import PreflightReport
+from errors import PlateauError
 from lightning_modules.classifier import ImageClassifier
-from sweeps.errors import PlateauError
-from sweeps.trial import TrialParts, build_parts, preflight, prepare_trial
+from sweeps.job.build import TrialParts, build_parts
+from sweeps.job.prepare import preflight, prepare_trial
 
 #: test_resnet's pretraining preprocessing (mean/std 0.5, 160 px), as timm resolves it.
 PRETRAINED = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "input_size": (3, 160, 160)}

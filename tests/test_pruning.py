@@ -15,7 +15,9 @@ import pytest
 from optuna.pruners import BasePruner, MedianPruner
 from optuna.study import StudyDirection
 
-from sweeps.pruning import StagnationPruner, aligned, is_negated, monitor_direction
+from sweeps.ledger import frozen_trial, trial_id
+from sweeps.metrics import aligned, is_negated, monitor_direction
+from sweeps.pruning import StagnationPruner
 
 MAX, MIN = StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE
 NAN, INF = math.nan, math.inf
@@ -242,8 +244,8 @@ def test_pruner_sees_trial_through_frozen_trial_in_maximize_study(
         stagnant.report(aligned(bad, study.direction), step)
         improving.report(aligned(good, study.direction), step)
 
-    assert pruner.prune(study, study._storage.get_trial(stagnant._trial_id))
-    assert not pruner.prune(study, study._storage.get_trial(improving._trial_id))
+    assert pruner.prune(study, frozen_trial(study, trial_id(stagnant)))
+    assert not pruner.prune(study, frozen_trial(study, trial_id(improving)))
 
 
 @EITHER_PRUNER
@@ -279,7 +281,7 @@ def test_stagnating_trial_better_than_median_is_not_pruned(
     trial = study.ask()
     for step, loss in enumerate([0.2, 0.1, 0.1, 0.1]):  # best of the study, then flat
         trial.report(aligned(loss, study.direction), step)
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = frozen_trial(study, trial_id(trial))
     values = [frozen.intermediate_values[s] for s in sorted(frozen.intermediate_values)]
 
     assert pruner.stagnates(values, study.direction) is True

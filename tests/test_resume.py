@@ -29,13 +29,14 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from conftest import ROOT, TINY_DISK
-from sweeps.study import is_finished
-from sweeps.study_trial import (
+from sweeps.ledger import (
     ATTR_ERROR,
     ATTR_HALT,
     ATTR_OBJECTIVE,
     ATTR_PRUNE_REASON,
     ATTR_RUN_ID,
+    is_finished,
+    queued_params,
 )
 
 pytestmark = pytest.mark.slow
@@ -141,7 +142,7 @@ def assert_rerun_from_the_queue(trials: list[FrozenTrial], cut: FrozenTrial) -> 
     (rerun,) = [t for t in trials if t.number == cut.number + 1]
     assert is_finished(rerun)
     assert rerun.params == cut.params
-    assert rerun.system_attrs.get("fixed_params") == cut.params
+    assert queued_params(rerun) == cut.params
 
 
 def stop_mid_trial_and_resume(args: Sequence[str], cwd: Path, sig: signal.Signals,
@@ -366,7 +367,7 @@ def test_rerun_after_an_exception_counts_the_failed_trial_and_does_not_repeat_it
     budget, and the re-run's failure rate starts afresh (earlier failures do not stop it)."""
     trials = study_trials(raised.cwd)
     assert [t.number for t in trials if t.state == TrialState.FAIL] == [raised.cut.number]
-    assert not [t for t in trials if t.system_attrs.get("fixed_params")]
+    assert not [t for t in trials if queued_params(t)]
     run = trial_runs(raised.cwd)[raised.cut.number]
     assert run.data.tags["plateau.error"] == raised.cut.user_attrs[ATTR_ERROR]
 

@@ -21,8 +21,13 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from sweeps.errors import PlateauError
-from sweeps.search_space import SearchSpace, grid_choices, parse_search_space, to_distribution
+from errors import PlateauError
+from sweeps.sweeper.search_space import (
+    SearchSpace,
+    grid_choices,
+    parse_search_space,
+    to_distribution,
+)
 
 KEY = "model.optimizer.lr"
 

@@ -17,8 +17,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from conftest import ROOT, compose_config
-from sweeps import report_files, study_report, tracking
-from sweeps.errors import PlateauError
+from errors import PlateauError
+from sweeps import tracking
+from sweeps.report import files as report_files
+from sweeps.report import model, publish, terminal
 
 DISTRIBUTIONS = {
     "freeze": CategoricalDistribution(["head_only", "depth", "none"]),
@@ -66,7 +68,7 @@ def study(tmp_path: Path) -> optuna.Study:
 
 def test_objective_per_choice_counts_complete_pruned_and_failed_trials(
         study: optuna.Study) -> None:
-    rows = {r.choice: r for r in study_report.build(study).choices["freeze"]}
+    rows = {r.choice: r for r in model.build(study).choices["freeze"]}
     assert list(rows) == ["head_only", "depth", "none"]
     assert (rows["head_only"].values, rows["head_only"].pruned, rows["head_only"].failed) == (
         [0.80, 0.60], 0, 0)  # the interrupted head_only trial is not counted
@@ -77,13 +79,13 @@ def test_objective_per_choice_counts_complete_pruned_and_failed_trials(
 
 
 def test_best_is_the_minimum_in_a_minimized_study(tmp_path: Path) -> None:
-    rows = study_report.choice_stats(make_study(tmp_path).trials, maximize=False)
+    rows = model.choice_stats(make_study(tmp_path).trials, maximize=False)
     assert {r.choice: r.best for r in rows["freeze"]}["head_only"] == pytest.approx(0.60)
 
 
 def test_dominant_failure_is_the_most_common_non_healthy_diagnosis(
         study: optuna.Study) -> None:
-    report = study_report.build(study)
+    report = model.build(study)
     assert report.diagnoses == {"healthy": 2, "underfitting": 1, "no_progress": 2,
                                 "majority_collapse": 1}
     assert report.dominant_failure == ("no_progress", 2)
@@ -91,12 +93,12 @@ def test_dominant_failure_is_the_most_common_non_healthy_diagnosis(
 
 def test_dominant_failure_is_none_when_every_trial_is_healthy(tmp_path: Path) -> None:
     rows = [r for r in TRIALS if r[5] in ("healthy", None)]
-    assert study_report.build(make_study(tmp_path, rows)).dominant_failure is None
+    assert model.build(make_study(tmp_path, rows)).dominant_failure is None
 
 
 def test_best_trials_per_class_recall_comes_from_its_confusion_matrix(
         study: optuna.Study) -> None:
-    report = study_report.build(study)
+    report = model.build(study)
     assert report.best is not None
     assert report.best.number == 2
     assert [(r.name, r.recall, r.support) for r in report.recall] == [
@@ -105,16 +107,16 @@ def test_best_trials_per_class_recall_comes_from_its_confusion_matrix(
 
 
 def test_importances_rank_every_varied_knob_and_are_reproducible(study: optuna.Study) -> None:
-    first = study_report.build(study).importances
+    first = model.build(study).importances
     assert set(first) == set(DISTRIBUTIONS)
     assert sum(first.values()) == pytest.approx(1.0)
     assert list(first.values()) == sorted(first.values(), reverse=True)
-    assert study_report.build(study).importances == first  # the evaluator is seeded
+    assert model.build(study).importances == first  # the evaluator is seeded
 
 
 def test_report_folder_holds_every_plot_and_the_markdown_linking_them(
         study: optuna.Study, tmp_path: Path) -> None:
-    folder = study_report.publish(study, tmp_path / "report").folder
+    folder = publish.publish(study, tmp_path / "report").folder
     assert folder == tmp_path / "report"
     for name in PLOTS:
         assert (folder / name).read_bytes()[:4] == b"\x89PNG", name
@@ -129,20 +131,20 @@ def test_report_folder_holds_every_plot_and_the_markdown_linking_them(
 def test_report_with_fewer_than_two_complete_trials_says_why_importances_are_missing(
         tmp_path: Path, complete: int, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [TRIALS[0]][:complete] + [TRIALS[3], TRIALS[5]]
-    report = study_report.publish(make_study(tmp_path, rows), tmp_path / "report")
+    report = publish.publish(make_study(tmp_path, rows), tmp_path / "report")
     assert report.importances == {}
     assert f"{complete} complete trial(s)" in report.importance_note
     assert report.folder is not None
     assert not (report.folder / report_files.IMPORTANCES).exists()
     assert "Not computed: " in (report.folder / report_files.REPORT_MD).read_text()
-    study_report.print_summary(report)
+    terminal.print_summary(report)
     assert "most important knobs: not computed: " in capsys.readouterr().err
 
 
 def test_importances_missing_when_no_knob_varies(tmp_path: Path) -> None:
     rows: list[Row] = [(TrialState.COMPLETE, v, "depth", "none", 1e-3, "healthy", {})
                        for v in (0.5, 0.6)]
-    report = study_report.build(make_study(tmp_path, rows))
+    report = model.build(make_study(tmp_path, rows))
     assert report.importances == {}
     assert "no knob took more than one value" in report.importance_note
 
@@ -150,15 +152,15 @@ def test_importances_missing_when_no_knob_varies(tmp_path: Path) -> None:
 def test_importances_missing_when_every_objective_is_equal(tmp_path: Path) -> None:
     rows: list[Row] = [(TrialState.COMPLETE, 0.5, f, "none", 1e-3, "healthy", {})
                        for f in ("depth", "none", "head_only")]
-    report = study_report.build(make_study(tmp_path, rows))
+    report = model.build(make_study(tmp_path, rows))
     assert report.importances == {}
     assert "same objective value" in report.importance_note
 
 
 def test_summary_names_the_top_three_knobs_and_the_dominant_failure(
         study: optuna.Study, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    report = study_report.publish(study, tmp_path / "report")
-    study_report.print_summary(report)
+    report = publish.publish(study, tmp_path / "report")
+    terminal.print_summary(report)
     err = capsys.readouterr().err
     assert f"most important knobs: {report.top_knobs[0]} (" in err
     assert len(report.top_knobs) == 3
@@ -174,7 +176,7 @@ def test_publish_logs_the_report_to_the_parent_run_and_tags_it(
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("plateau", artifact_location=str(tmp_path / "art"))
     run_id = client.create_run(experiment).info.run_id
-    report = study_report.publish(study, tmp_path / "report", client, run_id)
+    report = publish.publish(study, tmp_path / "report", client, run_id)
     assert report.run_id == run_id
     assert artifacts(client, run_id) == {*PLOTS, report_files.REPORT_MD}
     tags = client.get_run(run_id).data.tags
@@ -191,7 +193,7 @@ def test_report_existing_writes_the_stored_studys_report_and_logs_it(tmp_path: P
     client, experiment = found
     run_id = client.create_run(experiment).info.run_id
     make_study(tmp_path).set_user_attr(tracking.STUDY_RUN_ATTR, run_id)
-    folder = study_report.report_existing(cfg, tmp_path / "out")
+    folder = publish.report_existing(cfg, tmp_path / "out")
     assert folder == tmp_path / "out"
     assert (folder / report_files.REPORT_MD).exists()
     assert report_files.CURVES in artifacts(client, run_id)
@@ -202,7 +204,7 @@ def test_report_existing_on_a_missing_study_raises_one_line(tmp_path: Path) -> N
     cfg = compose_config([f"hydra.sweeper.storage=sqlite:///{tmp_path / 'plateau.db'}",
                           "hydra.sweeper.study_name=absent", "logger=none"], keep_hydra=True)
     with pytest.raises(PlateauError, match="no study 'absent'.*hydra.sweeper.study_name"):
-        study_report.report_existing(cfg, tmp_path / "out")
+        publish.report_existing(cfg, tmp_path / "out")
 
 
 def doctor(*args: str, cwd: Path) -> subprocess.CompletedProcess:

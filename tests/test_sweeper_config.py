@@ -11,7 +11,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from conftest import compose_config
 from sweeps.pruning import StagnationPruner
-from sweeps.search_space import SearchSpace, grid_choices
+from sweeps.sweeper.search_space import SearchSpace, grid_choices
 
 SAMPLERS = ["tpe", "random", "cmaes", "gp", "qmc", "grid", "nsgaii"]
 PRUNERS = {

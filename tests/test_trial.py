@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps.trial import run_trial
+from sweeps.job.run import run_trial
 
 KNOB_OPTIONS = [
     *[f"freeze={o}" for o in ("none", "head_only", "depth", "gradual")],

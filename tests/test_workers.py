@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from conftest import ROOT, TINY
+from sweeps.ledger import ATTR_WITHDRAWN, is_finished
 from sweeps.storage import open_storage
-from sweeps.study_trial import ATTR_WITHDRAWN, is_finished
 
 WORKERS, BUDGET = 3, 9
 

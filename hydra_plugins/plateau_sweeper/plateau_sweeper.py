@@ -1,10 +1,12 @@
 """plateau's Optuna sweeper for Hydra: config schema and a thin Sweeper shim.
 
 Hydra imports every module under ``hydra_plugins`` at start-up, so this one holds only the
-config dataclasses and a Sweeper that imports the study logic (``sweeps.study``) when a sweep
-actually starts. Keys and search-space grammar follow hydra-optuna-sweeper (``sampler``,
-``direction``, ``study_name``, ``storage``, ``n_trials``, ``n_jobs``, ``max_failure_rate``,
-``params``, ``custom_search_space``), so its users switch by changing only
+config dataclasses and a Sweeper that imports the study logic (``sweeps.sweeper``) when a
+sweep actually starts. It also registers the job config's schemas (``sweeps.schema``), since
+Hydra imports it before composing any config. Keys and search-space grammar follow
+hydra-optuna-sweeper (``sampler``, ``direction``, ``study_name``, ``storage``, ``n_trials``,
+``n_jobs``, ``max_failure_rate``, ``params``, ``custom_search_space``), so its users switch
+by changing only
 ``override /hydra/sweeper: plateau``.
 """
 
@@ -15,6 +17,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import MISSING, DictConfig
+
+from sweeps.schema import register_job_schemas
 
 
 @dataclass
@@ -177,13 +181,14 @@ for _name, _node in {
     "none": NopPrunerConf,
 }.items():
     _STORE.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="plateau")
+register_job_schemas()
 
 
 class PlateauSweeper(Sweeper):
-    """Runs an Optuna study whose trials are Hydra jobs; see :mod:`sweeps.study`."""
+    """Runs an Optuna study whose trials are Hydra jobs; see :mod:`sweeps.sweeper`."""
 
     def __init__(self, **settings: Any) -> None:
-        from sweeps.study import StudySweeper
+        from sweeps.sweeper.coordinator import StudySweeper
 
         self._impl = StudySweeper(**settings)
 
@@ -195,7 +200,7 @@ class PlateauSweeper(Sweeper):
         """Run the study; user mistakes end it with one line (exit 2), Ctrl-C with exit 130."""
         import sys
 
-        from sweeps.errors import PlateauError, report_user_error
+        from errors import PlateauError, report_user_error
 
         try:
             return self._impl.sweep(arguments)

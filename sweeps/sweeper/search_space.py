@@ -38,7 +38,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from sweeps.errors import PlateauError
+from errors import PlateauError
 
 _PRIMITIVE = (str, int, float, bool, type(None))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -19,10 +18,8 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
 from doctor.diagnosis import LABELS
-from sweeps.pruning import is_negated
-
-if TYPE_CHECKING:
-    from sweeps.study_report import StudyReport
+from sweeps.metrics import is_negated
+from sweeps.report.model import StudyReport
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +127,7 @@ def plot_recall(report: StudyReport, path: Path) -> bool:
 
 def monitor_label(report: StudyReport) -> str:
     """``monitor`` as trials reported it: negated when it gets better the other way than the
-    study's objective (see :mod:`sweeps.pruning`)."""
+    study's objective (see :mod:`sweeps.metrics`)."""
     return f"-{report.monitor}" if is_negated(report.monitor, report.direction) \
         else report.monitor
 

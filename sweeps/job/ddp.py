@@ -23,27 +23,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
-from sweeps.errors import PlateauError
+from errors import PlateauError
 
 #: The GPUs a DDP trial's rank zero holds (sweeps.devices), for the ranks it starts.
 DEVICES_ENV = "PLATEAU_DDP_DEVICES"
-
-
-def processes(trainer_cfg: DictConfig) -> int:
-    """How many processes a fit of ``trainer_cfg`` trains in: ``trainer.devices`` as a count
-    above 1, a list of several indices or ``"0,1"`` means DDP; anything else one (``auto``
-    gets one GPU per trial in a sweep, see :mod:`sweeps.devices`; ``-1`` is left to Lightning)."""
-    devices = trainer_cfg.get("devices")
-    if isinstance(devices, str):
-        text = devices.strip().strip("[]")
-        if "," in text:
-            return len([d for d in text.split(",") if d.strip()])
-        devices = int(text) if text.isdigit() else 1
-    if isinstance(devices, ListConfig | list | tuple):
-        return max(len(devices), 1)
-    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1:
-        return devices
-    return 1
 
 
 def ddp_rank() -> int:

@@ -13,7 +13,7 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps import study_trial, tracking
+from sweeps import ledger, tracking
 from sweeps.storage import mask_password
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,7 @@ class StudyRun:
         deadline = time.monotonic() + PARENT_WAIT_S
         while not run_id and not created and time.monotonic() < deadline:
             time.sleep(0.2)
-            run_id = study._storage.get_study_user_attrs(study._study_id).get(
-                tracking.STUDY_RUN_ATTR)
+            run_id = study.user_attrs.get(tracking.STUDY_RUN_ATTR)
         if run_id:
             client.update_run(run_id, status="RUNNING")
         else:
@@ -69,7 +68,7 @@ class StudyRun:
 
     def end_child(self, trial: FrozenTrial, status: str) -> None:
         """Terminate the run of a trial the sweep found dead, so it is not left RUNNING."""
-        run_id = trial.user_attrs.get(study_trial.ATTR_RUN_ID)
+        run_id = trial.user_attrs.get(ledger.ATTR_RUN_ID)
         if self.client is None or not run_id:
             return
         self.client.set_tag(run_id, "plateau.state", "FAIL")

@@ -1,34 +1,13 @@
-"""User-facing errors: one line that names the problem and the fix, never a traceback."""
+"""A full disk met by a trial: found behind a library's error, its partial file removed.
+
+A full disk is the machine's fault, not the trial's: the job reports it as one line and the
+sweeper stops (see :mod:`sweeps.job.study_trial`), instead of failing trial after trial.
+"""
 
 from __future__ import annotations
 
 import errno
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-from rich.console import Console
-from rich.markup import escape
-
-T = TypeVar("T")
-
-#: plateau's one console for what a person reads (stderr keeps stdout clean for results).
-console = Console(stderr=True, highlight=False)
-
-
-class PlateauError(Exception):
-    """A mistake the user can fix: bad config value, unusable data, unavailable weights.
-
-    The message is a single line saying what is wrong and how to fix it.
-    """
-
-
-def one_line(text: object, limit: int = 500) -> str:
-    """``text`` with all whitespace runs (newlines included) collapsed, cut to ``limit``."""
-    return " ".join(str(text).split())[:limit]
-
 
 #: ``errno`` values of a write that found no room: the disk (or the user's quota) is full.
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
@@ -82,25 +61,3 @@ def full_disk_line(err: BaseException, what: str) -> str | None:
     drop_partial_copy(full)
     return disk_full_message(full, what)
 
-
-def report_user_error(err: PlateauError) -> None:
-    """Print ``err`` as plateau's one-line error."""
-    # escaped: a message quoting a path or a library's error may hold "[...]", which rich
-    # would otherwise read as markup (and fail on)
-    console.print(f"[bold red]plateau: error:[/] {escape(str(err))}", soft_wrap=True)
-
-
-def exit_on_user_error(func: Callable[..., T]) -> Callable[..., T]:
-    """Turn a :class:`PlateauError` raised by ``func`` into a one-line message and exit code 2."""
-
-    # The wrapper is pickled by value when a launcher (joblib, submitit) ships the task to
-    # another process: it must reference only importable names, never the console itself.
-    @functools.wraps(func)
-    def wrapper(*args: object, **kwargs: object) -> T:
-        try:
-            return func(*args, **kwargs)
-        except PlateauError as err:
-            report_user_error(err)
-            sys.exit(2)
-
-    return wrapper

@@ -3,9 +3,10 @@
 Computed from the study alone (so it can be written again for an existing study): knob
 importances (Optuna's fANOVA, seeded), the objective by choice of each categorical knob,
 the per-epoch values the trials reported, the diagnosis of each trial, and the best trial's
-per-class recall. :func:`publish` writes it as PNGs and ``report.md`` (see
-:mod:`sweeps.report_files`) to a folder and to the study's MLflow parent run;
-:func:`report_existing` does so on demand for a study in a storage.
+per-class recall. :func:`sweeps.report.publish.publish` writes it as PNGs and
+``report.md`` (see :mod:`sweeps.report.files`) to a folder and to the study's MLflow parent
+run; :func:`sweeps.report.publish.report_existing` does so on demand for a study in a
+storage.
 
 Only trials that ended on their own count: trials cut off by a stopped sweep (FAIL with
 ``interrupted``, their params re-queued) and trials still running are left out.
@@ -17,10 +18,8 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.search_space import intersection_search_space
@@ -28,9 +27,8 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from doctor.diagnosis import LABELS
-from sweeps import report_files, study_trial, tracking
-from sweeps.errors import console, one_line
-from sweeps.storage import DEFAULT_STUDY_NAME, load_study, resolve_storage_url
+from errors import one_line
+from sweeps import ledger
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ class ClassRecall:
 
 @dataclass
 class StudyReport:
-    """Everything the report shows; ``folder`` and ``run_id`` are set by :func:`publish`."""
+    """Everything the report shows; ``folder`` and ``run_id`` are set when it is published."""
 
     study_name: str
     direction: StudyDirection
@@ -153,10 +151,10 @@ def class_recall(trial: FrozenTrial | None) -> tuple[list[ClassRecall], str]:
     """Per-class recall from the trial's stored confusion matrix (rows: true class)."""
     if trial is None:
         return [], "no complete trial"
-    confusion = trial.user_attrs.get(study_trial.ATTR_CONFUSION)
+    confusion = trial.user_attrs.get(ledger.ATTR_CONFUSION)
     if not confusion:
         return [], f"trial {trial.number} has no stored validation confusion matrix"
-    names = list(trial.user_attrs.get(study_trial.ATTR_CLASSES) or [])
+    names = list(trial.user_attrs.get(ledger.ATTR_CLASSES) or [])
     if len(names) != len(confusion):
         names = [str(i) for i in range(len(confusion))]
     recall = []
@@ -169,81 +167,14 @@ def class_recall(trial: FrozenTrial | None) -> tuple[list[ClassRecall], str]:
 def build(study: optuna.Study, objective: str = "objective",
           monitor: str = "val/loss") -> StudyReport:
     """The report of ``study``; ``objective`` and ``monitor`` only label values and axes."""
-    trials = [t for t in study.get_trials(deepcopy=False) if study_trial.is_finished(t)]
+    trials = [t for t in study.get_trials(deepcopy=False) if ledger.is_finished(t)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     found, note = importances(study, complete)
     best = study.best_trial if complete else None
     recall, recall_note = class_recall(best)
-    diagnoses = Counter(str(t.user_attrs[study_trial.ATTR_DIAGNOSIS]) for t in trials
-                        if t.user_attrs.get(study_trial.ATTR_DIAGNOSIS))
+    diagnoses = Counter(str(t.user_attrs[ledger.ATTR_DIAGNOSIS]) for t in trials
+                        if t.user_attrs.get(ledger.ATTR_DIAGNOSIS))
     maximize = study.direction == StudyDirection.MAXIMIZE
     return StudyReport(study.study_name, study.direction, objective, monitor, trials, found,
                        note, choice_stats(trials, maximize), diagnoses, best, recall,
                        recall_note)
-
-
-def publish(study: optuna.Study, folder: Path, client: Any = None, run_id: str | None = None,
-            objective: str = "objective", monitor: str = "val/loss") -> StudyReport:
-    """Write the report to ``folder``; with an MLflow ``client``, tag the parent run
-    ``run_id`` (``plateau.top_knobs``, ``plateau.dominant_failure``) and log the folder as
-    its ``report/`` artifacts."""
-    report = build(study, objective, monitor)
-    report.folder = report_files.write(report, folder)
-    if client is None or not run_id:
-        return report
-    dominant = report.dominant_failure
-    try:
-        client.set_tag(run_id, "plateau.top_knobs", ",".join(report.top_knobs) or "none")
-        client.set_tag(run_id, "plateau.dominant_failure", dominant[0] if dominant else "none")
-        client.log_artifacts(run_id, str(report.folder), report_files.REPORT_DIR)
-    except Exception as err:  # the files are written; MLflow only gets a copy
-        log.warning("study report not logged to MLflow run %s: %s", run_id, one_line(err))
-    else:
-        report.run_id = run_id
-    return report
-
-
-def print_summary(report: StudyReport) -> None:
-    """Three lines: where the report is, the most important knobs, the dominant failure."""
-    where = f"study report: {report.folder / report_files.REPORT_MD if report.folder else '-'}"
-    if report.run_id:
-        where += f" (MLflow run {report.run_id}, artifacts {report_files.REPORT_DIR}/)"
-    knobs = ", ".join(f"{name} ({report.importances[name]:.2f})" for name in report.top_knobs)
-    dominant = report.dominant_failure
-    diagnosed = sum(report.diagnoses.values())
-    if dominant:
-        failure = f"{dominant[0]} ({dominant[1]} of {diagnosed} diagnosed trials)"
-    else:
-        failure = f"none (all {diagnosed} diagnosed trials healthy)" if diagnosed \
-            else "none (no trial was diagnosed)"
-    console.print(where, soft_wrap=True)
-    console.print(f"most important knobs: {knobs or 'not computed: ' + report.importance_note}",
-                  soft_wrap=True)
-    console.print(f"dominant failure mode: {failure}", soft_wrap=True)
-
-
-def objective_label(cfg: DictConfig) -> str:
-    """What a trial returns: the best epoch's ``objective.metric`` (``<metric>_best``)."""
-    metric = OmegaConf.select(cfg, "objective.metric")
-    return f"{metric}_best" if metric else "objective"
-
-
-def report_existing(cfg: DictConfig, out_dir: str | Path) -> Path:
-    """Write the report of the study ``cfg.hydra.sweeper`` names to ``out_dir``.
-
-    ``cfg`` is a config composed from ``conf/`` with its ``hydra`` node. With an MLflow
-    logger, the study's parent run gets the report too. Returns the report folder.
-
-    Raises:
-        PlateauError: when the storage holds no such study.
-    """
-    sweeper = cfg.hydra.sweeper
-    study = load_study(resolve_storage_url(sweeper.storage),
-                       sweeper.study_name or DEFAULT_STUDY_NAME)
-    run_id = study.user_attrs.get(tracking.STUDY_RUN_ATTR)
-    found = tracking.tracking_client(cfg) if run_id else None
-    report = publish(study, Path(out_dir), found[0] if found else None, run_id,
-                     objective_label(cfg), str(sweeper.get("monitor", "val/loss")))
-    print_summary(report)
-    assert report.folder is not None
-    return report.folder

@@ -1,0 +1,67 @@
+"""The MLflow run of one trial, through Lightning's MLflow logger: created, tagged, ended."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from sweeps.tracking import (
+    absolute_tracking_uri,
+    flatten_config,
+    knob_choices,
+    knob_tags,
+    mlflow_config,
+    run_name,
+)
+
+
+def create_logger(cfg: DictConfig, extra_tags: dict[str, str] | None = None
+                  ) -> MLFlowLogger | None:
+    """The MLflow logger of ``cfg.logger`` (None for ``logger=none``), run not yet created.
+
+    ``extra_tags`` may hold ``mlflow.parentRunId`` to nest the run under a study's run.
+    """
+    logger_cfg = mlflow_config(cfg)
+    if logger_cfg is None:
+        return None
+    choices = knob_choices(cfg)
+    tags = knob_tags(choices) | (extra_tags or {})
+    return instantiate(logger_cfg, tracking_uri=absolute_tracking_uri(logger_cfg.tracking_uri),
+                       run_name=run_name(choices), tags=tags)
+
+
+def has_run(logger: MLFlowLogger | None) -> bool:
+    """Whether ``logger``'s MLflow run exists (Lightning creates it on first use)."""
+    return logger is not None and logger._run_id is not None
+
+
+def log_trial_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
+    """Log the flattened config as params and the resolved YAML as ``config/config.yaml``."""
+    logger.log_hyperparams(flatten_config(cfg))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="config")
+
+
+def log_objective(logger: MLFlowLogger, value: float) -> None:
+    logger.experiment.log_metric(logger.run_id, "objective", value)
+
+
+def tag_run(logger: MLFlowLogger, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        logger.experiment.set_tag(logger.run_id, key, value)
+
+
+def end_trial_run(logger: MLFlowLogger | None, state: str, tags: dict[str, str],
+                  status: str | None) -> None:
+    """Tag a trial's run with its study state; ``status`` terminates it (e.g. FAILED, KILLED)."""
+    if logger is None or not has_run(logger):
+        return
+    tag_run(logger, {"plateau.state": state, **tags})
+    if status is not None:
+        logger.experiment.set_terminated(logger.run_id, status=status)

@@ -1,0 +1,82 @@
+"""Callbacks that tie a fit to its Optuna trial: report each epoch, stop when told.
+
+Under DDP only rank zero talks to the study; every rank joins its stop vote.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning.pytorch as pl
+import optuna
+
+from sweeps import ledger
+from sweeps.metrics import aligned, monitor_direction
+from sweeps.pruning import StagnationPruner
+
+
+class RankZeroStop(pl.Callback):
+    """Stop a fit on every rank at once when rank zero decides to (:meth:`decide`).
+
+    In a DDP trial only rank zero talks to the study; the other ranks run this callback's
+    plain form, which never decides to stop but joins the vote, so all ranks end the fit at
+    the same epoch. Outside DDP the vote is the decision itself.
+    """
+
+    def decide(self, trainer: pl.Trainer) -> bool:
+        """Whether the fit should end after this validation (called on rank zero only)."""
+        return False
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        stop = self.decide(trainer) if trainer.is_global_zero else False
+        if trainer.strategy.reduce_boolean_decision(stop, all=False):
+            trainer.should_stop = True
+
+
+class TrialReporter(RankZeroStop):
+    """Report ``monitor`` to the Optuna trial each epoch and stop the fit when told.
+
+    Ends the fit (``trainer.should_stop``) when the value is NaN/inf (pruned at once), when
+    the pruner prunes, or when a :class:`StagnationPruner` sees a stagnating but competitive
+    trial (stopped early, later told COMPLETE). Under DDP it reports once, from rank zero.
+    """
+
+    def __init__(self, study: optuna.Study, trial: optuna.trial.Trial, monitor: str) -> None:
+        self.study = study
+        self.trial = trial
+        self.monitor = monitor
+        self.pruned = False
+        self.reason: str | None = None
+        self.stopped_epoch: int | None = None
+        self._values: dict[int, float] = {}
+
+    def _stop(self, trainer: pl.Trainer, pruned: bool, reason: str) -> bool:
+        self.pruned, self.reason = pruned, reason
+        self.stopped_epoch = trainer.current_epoch
+        return True
+
+    def decide(self, trainer: pl.Trainer) -> bool:
+        self.trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
+        metric = trainer.callback_metrics.get(self.monitor)
+        if metric is None:
+            return False
+        epoch, value = trainer.current_epoch, float(metric)
+        if not math.isfinite(value):
+            return self._stop(trainer, True, f"{self.monitor} is {value} at epoch {epoch}: "
+                                             "diverged")
+        reported = aligned(value, self.study.direction, monitor_direction(self.monitor))
+        self._values[epoch] = reported
+        self.trial.report(reported, epoch)
+        if self.trial.should_prune():
+            return self._stop(trainer, True, f"pruned by {type(self.study.pruner).__name__} at "
+                                             f"epoch {epoch}: {self.monitor} stalled or below "
+                                             "the median")
+        pruner = self.study.pruner
+        if isinstance(pruner, StagnationPruner) and pruner.stagnates(
+                [self._values[e] for e in sorted(self._values)], self.study.direction):
+            return self._stop(trainer, False, f"{self.monitor} stopped improving at epoch "
+                                              f"{epoch} (competitive: completed early)")
+        return False

@@ -1,0 +1,194 @@
+"""A job of a sweep: one Hydra job = one Optuna trial, possibly in another process.
+
+The sweeper asks the study for a trial and passes its id as ``trial_id=N``. The job rebuilds
+the live trial from the shared storage (:func:`sweeps.ledger.live_trial`), reports its
+validation loss each epoch (:class:`~sweeps.job.reporter.TrialReporter`), stops when the
+pruner says so, and tells the study how the trial ended. Launchers that run jobs elsewhere
+(joblib, submitit, SLURM) therefore prune exactly like the in-process basic launcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from errors import error_line
+from lightning_modules.classifier import ImageClassifier
+from sweeps import devices, ledger, tracking
+from sweeps.job import ddp
+from sweeps.job import logger as trial_logger
+from sweeps.job.build import best_objective
+from sweeps.job.disk import full_disk_line
+from sweeps.job.prepare import PreparedTrial, prepare_trial
+from sweeps.job.reporter import TrialReporter
+from sweeps.storage import DEFAULT_STUDY_NAME, job_storage_url, load_study
+
+log = logging.getLogger(__name__)
+
+#: The confusion matrix is not stored above this many classes (see :func:`_store_confusion`).
+MAX_CONFUSION_CLASSES = 100
+
+
+class _JobTrial:
+    """The live trial of this job, with what its failure paths need."""
+
+    def __init__(self, trial_id: int) -> None:
+        sweeper = HydraConfig.get().sweeper
+        self.study = load_study(job_storage_url(sweeper.storage),
+                                sweeper.study_name or DEFAULT_STUDY_NAME,
+                                pruner=instantiate(sweeper.pruner))
+        self.trial = ledger.live_trial(self.study, trial_id)
+        self.id = trial_id
+        self.sweeper = sweeper
+        self.logger: MLFlowLogger | None = None
+        self.tags = {"plateau.trial_number": str(self.trial.number),
+                     "plateau.study": self.study.study_name}
+        parent = self.study.user_attrs.get(tracking.STUDY_RUN_ATTR)
+        if parent:
+            self.tags["mlflow.parentRunId"] = parent
+
+    def beat(self) -> None:
+        self.trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
+
+
+def run_study_trial(cfg: DictConfig) -> float:
+    """Run the job of trial ``cfg.trial_id`` and tell the study its outcome.
+
+    On a machine with GPUs the trial first takes a seat on its own GPU
+    (:func:`sweeps.devices.trial_gpus`), waiting while parallel trials hold every seat.
+    A trial that raises is told FAIL with its error as the ``error`` user attribute (and
+    MLflow tag); the job itself returns NaN instead of raising, so the sweep goes on. An
+    interrupt (Ctrl-C) marks the trial FAIL with ``interrupted`` and propagates.
+    """
+    job = _JobTrial(int(cfg.trial_id))
+    job.trial.set_user_attr(ledger.ATTR_OWNER, ledger.owner_id())
+    job.beat()
+    reporter = TrialReporter(job.study, job.trial, job.sweeper.monitor)
+    seats = contextlib.ExitStack()
+    try:
+        seats.enter_context(devices.trial_gpus(
+            cfg.trainer, job.sweeper.get("trials_per_gpu", 1), beat=job.beat))
+        prepared = _fit(cfg, job, reporter)
+    except (KeyboardInterrupt, SystemExit):
+        ledger.abandon(job.study, job.id)
+        trial_logger.end_trial_run(job.logger, "FAIL", {"plateau.interrupted": "true"},
+                                   "KILLED")
+        raise KeyboardInterrupt from None
+    except Exception as err:  # a failing trial must not end the sweep
+        _fail(cfg, job, err)
+        return float("nan")
+    finally:
+        seats.close()  # the fit is over: its GPU seat goes to the next trial
+    diagnosis = prepared.diagnose()
+    job.trial.set_user_attr(ledger.ATTR_DIAGNOSIS, diagnosis.label)
+    job.trial.set_user_attr(ledger.ATTR_DIAGNOSIS_REASON, diagnosis.reason)
+    _store_confusion(job.trial, prepared.curves.curves.confusion,
+                     getattr(prepared.datamodule, "classes", []))
+    return _tell_outcome(job, reporter, prepared.model)
+
+
+def _fit(cfg: DictConfig, job: _JobTrial, reporter: TrialReporter) -> PreparedTrial:
+    """Build the trial, create its MLflow run and fit; an interrupted fit raises."""
+    prepared = prepare_trial(cfg, callbacks=[reporter], tags=job.tags)
+    job.logger = prepared.logger
+    if job.logger is not None:
+        job.trial.set_user_attr(ledger.ATTR_RUN_ID, job.logger.run_id)
+    fit_started = time.perf_counter()
+    with ddp.ranks_rerun_this_job(cfg.trainer):
+        prepared.trainer.fit(prepared.model, datamodule=prepared.datamodule)
+    job.trial.set_user_attr(ledger.ATTR_FIT_SECONDS,
+                            round(time.perf_counter() - fit_started, 4))
+    if prepared.trainer.interrupted:
+        raise KeyboardInterrupt
+    return prepared
+
+
+def _fail(cfg: DictConfig, job: _JobTrial, err: Exception) -> None:
+    """Tell the study the trial failed with ``err``; a full disk halts the sweep instead
+    (it is not the trial's fault, and every later trial would fail the same way)."""
+    number = job.trial.number
+    full_disk = full_disk_line(err, f"trial {number}")
+    if full_disk is not None:
+        _halt(job, full_disk)
+        return
+    message = error_line(err)
+    log.error("trial %d failed: %s", number, message)
+    job.trial.set_user_attr(ledger.ATTR_ERROR, message)
+    job.study.tell(job.trial, state=TrialState.FAIL)
+    if not trial_logger.has_run(job.logger):  # failed before its run existed
+        _record_failed_run(job, cfg, message)
+    else:
+        trial_logger.end_trial_run(job.logger, "FAIL", {"plateau.error": message}, "FAILED")
+
+
+def _halt(job: _JobTrial, message: str) -> None:
+    """Abandon the trial (queued again, not counted) and tell the sweeper to stop the sweep
+    with ``message`` (:data:`sweeps.ledger.ATTR_HALT`; read back by the sweeper after the
+    job, wherever the launcher ran it)."""
+    log.error("trial %d stopped: %s", job.trial.number, message)
+    ledger.set_trial_attr(job.study, job.id, ledger.ATTR_HALT, message)
+    ledger.abandon(job.study, job.id)
+    try:
+        trial_logger.end_trial_run(job.logger, "FAIL", {"plateau.error": message,
+                                                        "plateau.interrupted": "true"},
+                                   "KILLED")
+    except Exception as err:  # the MLflow store may sit on the full disk: the study knows
+        log.warning("trial %d: its MLflow run not ended (%s)", job.trial.number,
+                    error_line(err))
+
+
+def _store_confusion(trial: optuna.trial.Trial, confusion: list[list[int]],
+                     classes: list[str]) -> None:
+    """Keep the last validation confusion matrix and class names on the trial.
+
+    Skipped above :data:`MAX_CONFUSION_CLASSES` classes: the matrix grows with their square,
+    and a user attribute is one JSON text column in the study's database.
+    """
+    if not confusion or len(confusion) > MAX_CONFUSION_CLASSES:
+        return
+    trial.set_user_attr(ledger.ATTR_CONFUSION, confusion)
+    trial.set_user_attr(ledger.ATTR_CLASSES, [str(name) for name in classes])
+
+
+def _record_failed_run(job: _JobTrial, cfg: DictConfig, message: str) -> None:
+    try:
+        run_id = tracking.record_failed_run(cfg, job.tags, message)
+    except Exception as err:  # the trial's FAIL is recorded in the study either way
+        log.warning("trial %d: no MLflow run recorded for its failure (%s)", job.trial.number,
+                    error_line(err))
+        return
+    if run_id:
+        ledger.set_trial_attr(job.study, job.id, ledger.ATTR_RUN_ID, run_id)
+
+
+def _tell_outcome(job: _JobTrial, reporter: TrialReporter, model: ImageClassifier) -> float:
+    trial, logger = job.trial, job.logger
+    value = best_objective(model) if model.best_objective.update_count else float("nan")
+    if math.isfinite(value):
+        trial.set_user_attr(ledger.ATTR_OBJECTIVE, value)
+    tags: dict[str, str] = {}
+    if reporter.reason:
+        trial.set_user_attr(ledger.ATTR_PRUNE_REASON, reporter.reason)
+        trial.set_user_attr(ledger.ATTR_STOPPED_EPOCH, reporter.stopped_epoch)
+        tags = {"plateau.stop_reason": reporter.reason,
+                "plateau.stopped_epoch": str(reporter.stopped_epoch)}
+    if reporter.pruned or not math.isfinite(value):
+        job.study.tell(trial, state=TrialState.PRUNED)
+        state = "PRUNED"
+    else:
+        job.study.tell(trial, value)
+        state = "COMPLETE"
+    if logger is not None and math.isfinite(value):
+        trial_logger.log_objective(logger, value)
+    trial_logger.end_trial_run(logger, state, tags, None)
+    log.info("trial %d %s, %s_best = %.4f", trial.number, state, model.objective, value)
+    return value

@@ -1,0 +1,160 @@
+"""The study's ledger: what plateau writes on trials, how the budget is counted, and every
+use of Optuna's private API.
+
+Trial user attributes (``ATTR_*``) are plateau's bookkeeping, read by the job, the sweeper,
+the MLflow study run and the report alike. The budget states (:func:`is_finished`,
+:func:`claims_budget`, :func:`within_budget`, :func:`withdraw`, :func:`abandon`) decide
+which trials count toward ``n_trials``.
+
+Optuna has no public way to rebuild a live trial in another process, to suggest from a
+ready-made distribution, or to write a trial's attributes by id; plateau needs all three.
+Those private names (``Study._storage``, ``Trial._trial_id``, ``Trial._suggest``, the
+``fixed_params`` system attribute, ``Trial(study, trial_id)``) are touched here and nowhere
+else, each behind one function tested against the installed Optuna (tests/test_ledger.py),
+so an Optuna release that changes them breaks this module and its tests, loudly.
+
+Imports Optuna and the standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+#: Trial user attributes written by plateau.
+ATTR_ERROR = "error"
+ATTR_PRUNE_REASON = "prune_reason"
+ATTR_STOPPED_EPOCH = "stopped_epoch"
+ATTR_INTERRUPTED = "interrupted"
+#: Why the whole sweep must stop after this trial (a fault of the machine, not of the trial,
+#: e.g. a full disk): the trial is abandoned like an interrupted one, the sweeper stops.
+ATTR_HALT = "halts_sweep"
+#: Asked by one worker while others had already claimed the rest of the budget: never run.
+ATTR_WITHDRAWN = "withdrawn"
+ATTR_HEARTBEAT = "heartbeat"
+ATTR_OWNER = "owner"
+ATTR_RUN_ID = "mlflow_run_id"
+ATTR_OVERRIDES = "overrides"
+ATTR_OBJECTIVE = "best_objective"
+#: Seconds the trial spent in ``trainer.fit``: the rest of its time is plateau's and MLflow's.
+ATTR_FIT_SECONDS = "fit_seconds"
+ATTR_DIAGNOSIS = "diagnosis"
+ATTR_DIAGNOSIS_REASON = "diagnosis_reason"
+#: The last validation confusion matrix (rows: true class) and the class names, for the
+#: study report's per-class recall.
+ATTR_CONFUSION = "val_confusion"
+ATTR_CLASSES = "classes"
+
+
+# -- Optuna's private API: used here only ------------------------------------------------
+
+def trial_id(trial: Trial | FrozenTrial) -> int:
+    """The storage's id of ``trial`` (unique across studies; its number is per study)."""
+    return int(trial._trial_id)
+
+
+def frozen_trial(study: optuna.Study, trial_id: int) -> FrozenTrial:
+    """``trial_id`` as the storage holds it now (another process may have told it)."""
+    return study._storage.get_trial(trial_id)
+
+
+def set_trial_attr(study: optuna.Study, trial_id: int, key: str, value: Any) -> None:
+    """Set a user attribute of the running trial ``trial_id`` without a :class:`Trial`."""
+    study._storage.set_trial_user_attr(trial_id, key, value)
+
+
+def live_trial(study: optuna.Study, trial_id: int) -> Trial:
+    """The running trial ``trial_id`` of ``study``, rebuilt in this process: ``report``,
+    ``should_prune`` and ``set_user_attr`` on it reach the storage as the asker's would."""
+    return Trial(study, trial_id)
+
+
+def suggest(trial: Trial, name: str, distribution: BaseDistribution) -> Any:
+    """Sample ``name`` from a ready-made ``distribution`` (what ``suggest_*`` build); a
+    param of the queued trial (``enqueue_trial``) keeps its queued value."""
+    return trial._suggest(name, distribution)
+
+
+def queued_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The params ``trial`` took from the queue (:meth:`optuna.Study.enqueue_trial`)."""
+    return dict(trial.system_attrs.get("fixed_params") or {})
+
+
+# -- who runs a trial ----------------------------------------------------------------------
+
+def owner_id() -> str:
+    """``host:pid`` of this process, to tell live trials from those of a killed sweep."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the :func:`owner_id` process still runs; None when it is on another host."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
+
+
+# -- the budget ----------------------------------------------------------------------------
+
+def is_finished(trial: FrozenTrial) -> bool:
+    """Counts toward ``n_trials`` (and in the study report): COMPLETE, PRUNED, or FAIL not
+    caused by an interruption (see :func:`abandon`) nor a withdrawal (see :func:`withdraw`)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and not (
+        trial.user_attrs.get(ATTR_INTERRUPTED, False)
+        or trial.user_attrs.get(ATTR_WITHDRAWN, False))
+
+
+def claims_budget(trial: FrozenTrial) -> bool:
+    """Holds one unit of ``n_trials``: finished (:func:`is_finished`) or running."""
+    return trial.state == TrialState.RUNNING or is_finished(trial)
+
+
+def within_budget(trials: Sequence[FrozenTrial], trial_number: int, n_trials: int) -> bool:
+    """Whether trial ``trial_number`` of the study's ``trials`` fits in ``n_trials``.
+
+    Workers sharing a study check the budget, then ask; two of them can ask for the last
+    unit at once. Trial numbers are handed out in order by the storage, so the earlier
+    number keeps the unit and the later one must be withdrawn.
+    """
+    before = [t for t in trials if t.number < trial_number and claims_budget(t)]
+    return len(before) < n_trials
+
+
+def withdraw(study: optuna.Study, trial_id: int) -> None:
+    """End an asked trial that will never run (the budget went to another worker).
+
+    It is told FAIL marked ``withdrawn``, which does not count toward ``n_trials``; params it
+    took from the queue (a re-run of an interrupted trial) are queued again.
+    """
+    frozen = frozen_trial(study, trial_id)
+    set_trial_attr(study, trial_id, ATTR_WITHDRAWN, True)
+    study.tell(frozen.number, state=TrialState.FAIL)
+    fixed = queued_params(frozen)
+    if fixed:
+        study.enqueue_trial(fixed, skip_if_exists=False)
+
+
+def abandon(study: optuna.Study, trial_id: int) -> None:
+    """Fail a trial cut off by an interrupted or killed sweep and queue its params again.
+
+    Marked ``interrupted``, it does not count toward ``n_trials``; the re-queued trial does.
+    """
+    frozen = frozen_trial(study, trial_id)
+    set_trial_attr(study, trial_id, ATTR_INTERRUPTED, True)
+    study.tell(frozen.number, state=TrialState.FAIL)
+    study.enqueue_trial(frozen.params, skip_if_exists=False)

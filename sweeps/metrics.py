@@ -1,0 +1,36 @@
+"""What trials log and which way it gets better: objective and pruning share one convention.
+
+Trials report their ``monitor`` metric every epoch (validation loss by default), but a study
+usually *maximizes* its objective (F1, accuracy) while loss is *minimized*. Optuna's pruners
+compare intermediate values in the study's direction, so a trial reports the monitored value
+**negated** when its own direction differs from the study's (:func:`aligned`): better is then
+the same way for both. Forgetting this makes a median pruner keep the worst trials and prune
+the best.
+"""
+
+from __future__ import annotations
+
+from optuna.study import StudyDirection
+
+#: The validation metrics every trial logs each epoch: objective and monitor candidates.
+METRICS = ("val/loss", "val/acc", "val/balanced_acc", "val/f1_macro")
+#: The ways an objective (``objective.direction``, ``hydra.sweeper.direction``) can go.
+DIRECTIONS = ("maximize", "minimize")
+
+
+def monitor_direction(monitor: str) -> StudyDirection:
+    """Which way ``monitor`` gets better: losses down, every other ``val/*`` metric plateau
+    logs (``acc``, ``balanced_acc``, ``f1_macro``) up."""
+    return StudyDirection.MINIMIZE if monitor.endswith("loss") else StudyDirection.MAXIMIZE
+
+
+def aligned(value: float, direction: StudyDirection,
+            monitored: StudyDirection = StudyDirection.MINIMIZE) -> float:
+    """The value to report for ``value`` of a metric that gets better in the ``monitored``
+    direction (a loss by default) in a study of ``direction``."""
+    return value if monitored == direction else -value
+
+
+def is_negated(monitor: str, direction: StudyDirection) -> bool:
+    """Whether trials of a ``direction`` study report ``monitor`` negated (:func:`aligned`)."""
+    return monitor_direction(monitor) != direction

@@ -1,0 +1,71 @@
+"""Publish a study's report: its files in a folder, a copy on the study's MLflow run.
+
+At the end of a sweep the sweeper calls :func:`publish`; ``python -m doctor report`` calls
+:func:`report_existing` for any study in a storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from errors import one_line
+from sweeps import tracking
+from sweeps.report import files
+from sweeps.report.model import StudyReport, build
+from sweeps.report.terminal import print_summary
+from sweeps.storage import DEFAULT_STUDY_NAME, load_study, resolve_storage_url
+
+log = logging.getLogger(__name__)
+
+
+def publish(study: optuna.Study, folder: Path, client: Any = None, run_id: str | None = None,
+            objective: str = "objective", monitor: str = "val/loss") -> StudyReport:
+    """Write the report to ``folder``; with an MLflow ``client``, tag the parent run
+    ``run_id`` (``plateau.top_knobs``, ``plateau.dominant_failure``) and log the folder as
+    its ``report/`` artifacts."""
+    report = build(study, objective, monitor)
+    report.folder = files.write(report, folder)
+    if client is None or not run_id:
+        return report
+    dominant = report.dominant_failure
+    try:
+        client.set_tag(run_id, "plateau.top_knobs", ",".join(report.top_knobs) or "none")
+        client.set_tag(run_id, "plateau.dominant_failure", dominant[0] if dominant else "none")
+        client.log_artifacts(run_id, str(report.folder), files.REPORT_DIR)
+    except Exception as err:  # the files are written; MLflow only gets a copy
+        log.warning("study report not logged to MLflow run %s: %s", run_id, one_line(err))
+    else:
+        report.run_id = run_id
+    return report
+
+
+def objective_label(cfg: DictConfig) -> str:
+    """What a trial returns: the best epoch's ``objective.metric`` (``<metric>_best``)."""
+    metric = OmegaConf.select(cfg, "objective.metric")
+    return f"{metric}_best" if metric else "objective"
+
+
+def report_existing(cfg: DictConfig, out_dir: str | Path) -> Path:
+    """Write the report of the study ``cfg.hydra.sweeper`` names to ``out_dir``.
+
+    ``cfg`` is a config composed from ``conf/`` with its ``hydra`` node. With an MLflow
+    logger, the study's parent run gets the report too. Returns the report folder.
+
+    Raises:
+        PlateauError: when the storage holds no such study.
+    """
+    sweeper = cfg.hydra.sweeper
+    study = load_study(resolve_storage_url(sweeper.storage),
+                       sweeper.study_name or DEFAULT_STUDY_NAME)
+    run_id = study.user_attrs.get(tracking.STUDY_RUN_ATTR)
+    found = tracking.tracking_client(cfg) if run_id else None
+    report = publish(study, Path(out_dir), found[0] if found else None, run_id,
+                     objective_label(cfg), str(sweeper.get("monitor", "val/loss")))
+    print_summary(report)
+    assert report.folder is not None
+    return report.folder

@@ -1,0 +1,82 @@
+"""What the terminal shows at the end of a sweep: the trials, the study, the report's gist."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.table import Table
+
+from errors import console
+from sweeps import ledger
+from sweeps.report import files
+from sweeps.report.model import StudyReport
+
+log = logging.getLogger(__name__)
+
+
+def trial_table(trials: list[FrozenTrial]) -> Table:
+    table = Table(title="trials", show_lines=False)
+    for column in ("#", "state", "value", "epochs", "diagnosis", "note"):
+        table.add_column(column)
+    for trial in trials:
+        value = trial.user_attrs.get(ledger.ATTR_OBJECTIVE, trial.value)
+        epochs = len(trial.intermediate_values)
+        note = (trial.user_attrs.get(ledger.ATTR_ERROR)
+                or trial.user_attrs.get(ledger.ATTR_PRUNE_REASON) or "")
+        if trial.user_attrs.get(ledger.ATTR_INTERRUPTED):
+            note = "interrupted (re-run)"
+        elif trial.user_attrs.get(ledger.ATTR_WITHDRAWN):
+            note = "withdrawn: the budget went to another worker"
+        table.add_row(str(trial.number), trial.state.name,
+                      "" if value is None else f"{value:.4f}", str(epochs),
+                      trial.user_attrs.get(ledger.ATTR_DIAGNOSIS, ""), note[:80])
+    return table
+
+
+def summary_table(study: optuna.Study, trials: list[FrozenTrial], seconds: float) -> Table:
+    counts = Counter(t.state.name for t in trials)
+    table = Table(title=f"study {study.study_name}", show_header=False)
+    table.add_row("trials", ", ".join(f"{counts.get(s, 0)} {s.lower()}"
+                                      for s in ("COMPLETE", "PRUNED", "FAIL")))
+    table.add_row("epochs run", str(sum(len(t.intermediate_values) for t in trials)))
+    completed = [t for t in trials if t.state == TrialState.COMPLETE]
+    if completed:
+        best = study.best_trial
+        table.add_row("best value", f"{best.value:.4f} (trial {best.number})")
+        table.add_row("best params", "\n".join(f"{k}={v}" for k, v in best.params.items()))
+    table.add_row("wall time", f"{seconds:.0f} s")
+    return table
+
+
+def print_end(study: optuna.Study, trials: list[FrozenTrial], seconds: float,
+              best_config: Path | None) -> None:
+    """The trial table, the study summary, and how to re-run the best trial."""
+    console.print(trial_table(trials))
+    console.print(summary_table(study, trials, seconds))
+    if best_config is not None:
+        console.print(f"best trial's config: {best_config}\nre-run it: python sweep.py "
+                      f"--config-path={best_config.parent.resolve()} "
+                      f"--config-name={best_config.stem}")
+
+
+def print_summary(report: StudyReport) -> None:
+    """Three lines: where the report is, the most important knobs, the dominant failure."""
+    where = f"study report: {report.folder / files.REPORT_MD if report.folder else '-'}"
+    if report.run_id:
+        where += f" (MLflow run {report.run_id}, artifacts {files.REPORT_DIR}/)"
+    knobs = ", ".join(f"{name} ({report.importances[name]:.2f})" for name in report.top_knobs)
+    dominant = report.dominant_failure
+    diagnosed = sum(report.diagnoses.values())
+    if dominant:
+        failure = f"{dominant[0]} ({dominant[1]} of {diagnosed} diagnosed trials)"
+    else:
+        failure = f"none (all {diagnosed} diagnosed trials healthy)" if diagnosed \
+            else "none (no trial was diagnosed)"
+    console.print(where, soft_wrap=True)
+    console.print(f"most important knobs: {knobs or 'not computed: ' + report.importance_note}",
+                  soft_wrap=True)
+    console.print(f"dominant failure mode: {failure}", soft_wrap=True)

@@ -1,0 +1,107 @@
+"""Asking the study for the next trial of the budget, and suggesting its overrides."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from errors import PlateauError
+from sweeps import ledger
+from sweeps.sweeper.search_space import SearchSpace
+
+
+def override_value(value: Any) -> str:
+    """A sampled value as Hydra override text."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class FailureRate:
+    """Stop a sweep whose trials fail too often.
+
+    Counts the trials finished since this sweep started (in any worker); earlier sweeps'
+    failures do not count, so re-running the command after fixing their cause continues
+    the study.
+
+    Args:
+        max_failure_rate: the share of failed trials above which the sweep stops.
+        started: when this sweep started (``time.time()``).
+    """
+
+    def __init__(self, max_failure_rate: float, started: float) -> None:
+        self._max = max_failure_rate
+        self._started = started
+
+    def check(self, trials: Sequence[FrozenTrial]) -> None:
+        """Raise a one-line :class:`PlateauError` when the rate is exceeded."""
+        finished = [t for t in trials if ledger.is_finished(t) and t.datetime_complete is not None
+                    and t.datetime_complete.timestamp() >= self._started]
+        failed = [t for t in finished if t.state == TrialState.FAIL]
+        if finished and len(failed) / len(finished) > self._max:
+            last = failed[-1].user_attrs.get(ledger.ATTR_ERROR, "")
+            raise PlateauError(
+                f"{len(failed)} of {len(finished)} trials failed, above hydra.sweeper."
+                f"max_failure_rate={self._max} (last error: {last}); fix the "
+                "cause or raise max_failure_rate"
+            )
+
+
+class Asker:
+    """Asks the study for trials within ``n_trials`` and samples their overrides from
+    ``space`` (then ``custom_search_space``, hydra-optuna-sweeper's hook)."""
+
+    def __init__(self, study: optuna.Study, space: SearchSpace, n_trials: int,
+                 failures: FailureRate, config: DictConfig,
+                 custom: Callable[[DictConfig, Trial], None] | None = None) -> None:
+        self._study = study
+        self._space = space
+        self._n_trials = n_trials
+        self._failures = failures
+        self._config = config
+        self._custom = custom
+
+    def next_trial(self) -> tuple[Trial, list[str]] | None:
+        """Ask the next trial of the budget, or None when every unit is claimed.
+
+        Other workers may share the study: a trial asked as the budget ran out elsewhere is
+        withdrawn (see :func:`sweeps.ledger.within_budget`).
+        """
+        study = self._study
+        trials = study.get_trials(deepcopy=False)
+        self._failures.check(trials)
+        if sum(map(ledger.claims_budget, trials)) >= self._n_trials:
+            return None
+        trial = study.ask()
+        if not ledger.within_budget(study.get_trials(deepcopy=False), trial.number,
+                                    self._n_trials):
+            ledger.withdraw(study, ledger.trial_id(trial))
+            return None
+        return trial, self._suggest(trial)
+
+    def _suggest(self, trial: Trial) -> list[str]:
+        space = self._space
+        for name, distribution in space.distributions.items():
+            ledger.suggest(trial, name, distribution)
+        for name, (parent, expected, distribution) in space.conditional.items():
+            if override_value(trial.params.get(parent)) == expected:
+                ledger.suggest(trial, name, distribution)
+        if self._custom is not None:
+            self._custom(self._config, trial)
+        overlap = set(trial.params) & set(space.fixed)
+        if overlap:
+            raise PlateauError(f"{', '.join(sorted(overlap))} is both searched and fixed: "
+                               "keep one")
+        overrides = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
+        overrides += [f"{k}={override_value(v)}" for k, v in space.fixed.items()]
+        trial.set_user_attr(ledger.ATTR_OVERRIDES, overrides)
+        trial.set_user_attr(ledger.ATTR_OWNER, ledger.owner_id())
+        trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
+        return overrides

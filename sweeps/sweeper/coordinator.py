@@ -1,0 +1,114 @@
+"""The sweep: an Optuna study whose trials are Hydra jobs, with pruning, resume and MLflow.
+
+``n_trials`` is the study's total budget of *finished* trials: COMPLETE, PRUNED, and FAIL
+raised by the trial itself. Re-running the same command continues the study until the budget
+is met. Trials cut off by a killed or interrupted sweep (left RUNNING, or FAIL with
+``interrupted``) do not count: they are failed and their parameters re-run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial
+
+from errors import PlateauError, console
+from sweeps import ledger, tracking
+from sweeps.report import best, terminal
+from sweeps.report.study_run import StudyRun
+from sweeps.storage import hide_storage_password, mask_password, resolve_storage_url
+from sweeps.sweeper import closing, settings
+from sweeps.sweeper.asking import Asker, FailureRate
+from sweeps.sweeper.search_space import parse_search_space
+from sweeps.sweeper.slots import Slots
+from sweeps.sweeper.study import create_study, recover_stale
+
+
+class StudySweeper:
+    """Implementation behind ``hydra_plugins.plateau_sweeper.PlateauSweeper``: checks the
+    settings, opens the study and its MLflow run, runs the slots, and closes the study."""
+
+    def __init__(self, **plugin_settings: Any) -> None:
+        self.settings = settings.SweepSettings.from_plugin(**plugin_settings)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
+        self.sweep_dir = str(config.hydra.sweep.dir)
+        self.settings.apply_command_line(config)
+
+    def _check(self) -> None:
+        """Every mistake that can be found before a study or MLflow run exists."""
+        self.settings.check()
+        settings.check_launcher(self.launcher, self.config)
+        settings.check_objective(self.config, self.settings.direction)
+        settings.check_nodes(self.config)
+        tracking.check_store(self.config)
+
+    def _open(self, arguments: list[str]) -> tuple[optuna.Study, StudyRun, Asker]:
+        """Check, then open (or join) the study and its MLflow run."""
+        s = self.settings
+        self._check()
+        space = parse_search_space(s.params, arguments, s.conditional)
+        settings.preflight_base_config(self.config)
+        url = resolve_storage_url(s.storage)
+        study, created = create_study(s, space, url)
+        hide_storage_password(self.config, url)
+        if study.trials or not created:
+            # resumed, or another worker's study: do not replay the same seeded draws
+            study.sampler.reseed_rng()
+        run = StudyRun.open(self.config, study, url, s.sampler, s.pruner, created)
+        console.print(f"study '{s.study_name}' in {mask_password(url)}: budget "
+                      f"{s.n_trials} finished trials, "
+                      f"{sum(map(ledger.is_finished, study.trials))} done")
+        self.started = time.time()  # failures before this sweep do not count
+        asker = Asker(study, space, s.n_trials, FailureRate(s.max_failure_rate, self.started),
+                      self.config, s.custom_search_space)
+        return study, run, asker
+
+    def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
+        study, run, asker = self._open(arguments)
+        slots = Slots(study, asker, self.launcher, self.settings.n_jobs)
+        status = "FINISHED"
+        try:
+            recover_stale(study, run, self.settings.heartbeat_timeout_s)
+            slots.run()
+        except KeyboardInterrupt:
+            status = "KILLED"
+            recover_stale(study, run, self.settings.heartbeat_timeout_s, own=slots.in_flight)
+            console.print("[yellow]plateau: sweep interrupted; re-run the same command to "
+                          "continue the study[/]")
+            raise
+        except PlateauError:
+            status = "FAILED"
+            raise
+        finally:
+            self._close(study, run, status, slots.launched)
+        return study.get_trials(deepcopy=False)
+
+    def _close(self, study: optuna.Study, run: StudyRun, status: str,
+               launched: set[int]) -> None:
+        """The report, the MLflow run's end and the terminal's tables, by the worker whose
+        turn it is (:func:`closing.ends_study`); an interrupted sweep prints no tables."""
+        trials = study.get_trials(deepcopy=False)
+        ended = status != "KILLED"
+        closes = closing.ends_study(trials, status, self.started, self.settings.n_trials,
+                                    launched)
+        written = closing.write_report(study, run, self.sweep_dir, self.config,
+                                       self.settings.monitor) if ended and closes else None
+        if closes:
+            run.close(study, status)  # after the report: its plots go to the parent run
+        if ended:
+            path = best.export_best(study, self.sweep_dir, self.config,
+                                    self.hydra_context.config_loader)
+            terminal.print_end(study, trials, time.time() - self.started, path)
+        if written is not None:
+            terminal.print_summary(written)

@@ -1,0 +1,164 @@
+"""The sweep's settings (``hydra.sweeper.*``) and the checks that stop a sweep before any
+study or MLflow run exists: each mistake is one line."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.plugins.launcher import Launcher
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import Trial
+
+from errors import PlateauError, console
+from sweeps import devices
+from sweeps.metrics import DIRECTIONS, METRICS
+from sweeps.storage import DEFAULT_STUDY_NAME
+
+
+def _plain(node: DictConfig | None) -> dict[str, Any]:
+    container = OmegaConf.to_container(node) if node else {}
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}
+
+
+@dataclass
+class SweepSettings:
+    """``hydra.sweeper.*`` as the sweep uses them (see the plugin's ``PlateauSweeperConf``)."""
+
+    sampler: Any
+    pruner: Any
+    direction: str
+    storage: str | None
+    study_name: str
+    n_trials: int
+    n_jobs: int
+    max_failure_rate: float
+    monitor: str
+    heartbeat_timeout_s: float
+    trials_per_gpu: int
+    #: the search space: params (hydra-optuna-sweeper's) and plateau's conditional params
+    params: dict[str, Any] = field(default_factory=dict)
+    conditional: dict[str, Any] = field(default_factory=dict)
+    custom_search_space: Callable[[DictConfig, Trial], None] | None = None
+
+    @classmethod
+    def from_plugin(cls, *, params: DictConfig | None, conditional_params: DictConfig | None,
+                    default_space: DictConfig | None, custom_search_space: str | None,
+                    direction: Any, study_name: str | None, **values: Any) -> SweepSettings:
+        """The plugin's keyword arguments; the user's ``params`` replace the default space
+        (and its conditionals) entirely."""
+        default = default_space if params is None and default_space is not None else None
+        return cls(
+            direction=str(direction), study_name=study_name or DEFAULT_STUDY_NAME,
+            params=_plain(params if default is None else default.params),
+            conditional=_plain(conditional_params if default is None
+                               else default.conditional_params),
+            custom_search_space=get_method(custom_search_space) if custom_search_space
+            else None, **values)
+
+    def apply_command_line(self, config: DictConfig) -> None:
+        """``hydra.sweeper.params={}`` on the command line empties the params, as any params
+        replace the default space (OmegaConf merges an empty dict into a null node as a
+        no-op, so the override is read back from Hydra's list)."""
+        if OmegaConf.select(config, "hydra.sweeper.params") is not None:
+            return
+        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.hydra))
+        if any(o.key_or_group == "hydra.sweeper.params" and o.value() == {} for o in overrides):
+            self.params = {}
+            self.conditional = _plain(config.hydra.sweeper.conditional_params)
+
+    def check(self) -> None:
+        """Values no sweep can run with."""
+        if self.n_trials <= 0:
+            raise PlateauError(f"hydra.sweeper.n_trials={self.n_trials}: the study's budget "
+                               "must be at least 1 trial; give it 1 or more, e.g. "
+                               "hydra.sweeper.n_trials=10")
+        if self.n_jobs <= 0:
+            raise PlateauError(f"hydra.sweeper.n_jobs={self.n_jobs}: no trial could run; set "
+                               "it to 1 or more")
+        if self.trials_per_gpu <= 0:
+            raise PlateauError(f"hydra.sweeper.trials_per_gpu={self.trials_per_gpu}: no trial "
+                               "could run; set it to 1 or more")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise PlateauError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} is not "
+                               "a share of trials; set it between 0 and 1")
+        if self.monitor not in METRICS:
+            raise PlateauError(f"hydra.sweeper.monitor={self.monitor} is not a metric trials "
+                               f"report each epoch; use one of {', '.join(METRICS)}")
+        if self.direction not in DIRECTIONS:
+            raise PlateauError(f"hydra.sweeper.direction={self.direction}: plateau optimizes one "
+                               "objective; set it to maximize or minimize")
+
+
+def check_launcher(launcher: Launcher, config: DictConfig) -> None:
+    """Launcher settings that cannot run the trials: one line before any study or run.
+
+    SLURM's launcher needs SLURM's commands. A DDP trial starts its extra ranks by
+    re-running ``sweep.py`` (:mod:`sweeps.job.ddp`), which only the basic launcher runs in;
+    SLURM tasks beyond one per job would each run the whole trial.
+    """
+    if type(launcher).__name__ == "SlurmLauncher" and shutil.which("srun") is None:
+        raise PlateauError(
+            "hydra/launcher=slurm submits each trial with SLURM's sbatch/srun, which are "
+            "not on PATH here: start the sweep on the cluster's login node, or use "
+            "hydra/launcher=submitit_local to run the same code path on this machine")
+    tasks = OmegaConf.select(config, "hydra.launcher.tasks_per_node", default=1)
+    if isinstance(tasks, int) and tasks > 1:
+        raise PlateauError(
+            f"hydra.launcher.tasks_per_node={tasks} would run each trial's job {tasks} "
+            "times at once; set it to 1 (a DDP trial starts its own ranks: trainer.devices)")
+    ranks = devices.processes(config.trainer)
+    if ranks > 1 and not in_process(launcher):
+        raise PlateauError(
+            f"trainer.devices={config.trainer.devices} trains each trial with DDP, "
+            "whose extra ranks re-run sweep.py, but hydra/launcher="
+            f"{config.hydra.runtime.choices.get('hydra/launcher')} runs trials in its "
+            "own processes: keep the default launcher and start more workers (or a SLURM "
+            "job array of them) to run DDP trials in parallel")
+
+
+def in_process(launcher: Launcher) -> bool:
+    """Hydra's basic launcher runs each job in the sweep's own process, one at a time."""
+    return isinstance(launcher, BasicLauncher)
+
+
+def check_objective(config: DictConfig, direction: str) -> None:
+    objective = OmegaConf.select(config, "objective.direction")
+    if objective is not None and objective != direction:
+        raise PlateauError(
+            f"hydra.sweeper.direction={direction} but objective.direction={objective}: "
+            f"the study would optimize {config.objective.metric} the wrong way; "
+            "set both to the same direction"
+        )
+
+
+def check_nodes(config: DictConfig) -> None:
+    """DDP trials run on one node: their extra ranks are this job's own processes
+    (:mod:`sweeps.job.ddp`); ranks started by a cluster on other nodes would each run the
+    trial's job as if it were theirs."""
+    nodes = OmegaConf.select(config, "trainer.num_nodes", default=1)
+    if nodes not in (None, 1):
+        raise PlateauError(
+            f"trainer.num_nodes={nodes}: a trial of a sweep trains on one node; use "
+            "trainer.devices for DDP on that node's GPUs, and more workers (or "
+            "hydra/launcher=slurm) to use more nodes")
+
+
+def preflight_base_config(config: DictConfig) -> None:
+    """The doctor's preflight on the base config (each trial runs its own as well): an
+    error stops the sweep before its study or MLflow run exists."""
+    from sweeps.job.prepare import preflight_config, preflight_settings  # the trial stack
+
+    if not preflight_settings(config).enabled:
+        return
+    report = preflight_config(config)
+    console.print(f"preflight of the base config: {len(report.of('error'))} errors, "
+                  f"{len(report.of('warning'))} warnings")
+    report.show()
+    report.raise_for_errors()

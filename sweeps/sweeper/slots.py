@@ -1,0 +1,108 @@
+"""Slots: trials in flight, each handed to Hydra's launcher as one job as soon as a slot frees.
+
+Each slot asks its next trial as soon as its last one ends (no batches waiting for their
+slowest trial). Slots are threads that hand one job at a time to the launcher, which runs it
+in another process (joblib, submitit); the in-process basic launcher runs one trial at a time
+whatever ``n_jobs`` says.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import optuna
+from hydra.plugins.launcher import Launcher
+from optuna.trial import Trial, TrialState
+
+from errors import PlateauError, error_line, one_line
+from sweeps import ledger
+from sweeps.sweeper.asking import Asker
+from sweeps.sweeper.settings import in_process
+
+
+class Slots:
+    """Runs the asked trials of ``study`` as Hydra jobs, ``n_jobs`` at a time."""
+
+    def __init__(self, study: optuna.Study, asker: Asker, launcher: Launcher,
+                 n_jobs: int) -> None:
+        self._study = study
+        self._asker = asker
+        self._launcher = launcher
+        self._slots = 1 if in_process(launcher) else n_jobs
+        self._lock = threading.Lock()
+        #: ids of the trials running in this worker now (cut off by Ctrl-C: abandoned)
+        self.in_flight: set[int] = set()
+        #: numbers of the trials this worker ran
+        self.launched: set[int] = set()
+
+    def run(self) -> None:
+        """Run trials until the budget is claimed; the first error of a slot stops all."""
+        if self._slots == 1:
+            while self._run_next():
+                pass
+            return
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def slot() -> None:
+            try:
+                while not stop.is_set() and self._run_next():
+                    pass
+            except BaseException as err:  # handed to the main thread
+                errors.append(err)
+                stop.set()
+
+        threads = [threading.Thread(target=slot, name=f"plateau-slot-{i}", daemon=True)
+                   for i in range(self._slots)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():  # short joins keep the main thread responsive to Ctrl-C
+                thread.join(0.5)
+        if errors:
+            raise errors[0]
+
+    def _run_next(self) -> bool:
+        """Run one more trial of the budget as a Hydra job; False when there is none to run."""
+        with self._lock:
+            asked = self._asker.next_trial()
+            if asked is None:
+                return False
+            trial, overrides = asked
+            trial_id = ledger.trial_id(trial)
+            self.in_flight.add(trial_id)
+            self.launched.add(trial.number)
+        try:
+            try:
+                # job number = trial number: unique among workers sharing the sweep folder
+                (result,) = self._launcher.launch([(*overrides, f"trial_id={trial_id}")],
+                                                  initial_job_idx=trial.number)
+            except Exception as err:  # the launcher itself failed: no job ran
+                # not the trial's fault: queued again for the next sweep, not counted
+                ledger.abandon(self._study, trial_id)
+                raise PlateauError(
+                    f"hydra/launcher could not start trial {trial.number} "
+                    f"({error_line(err)}); check the hydra.launcher.* "
+                    "settings (python sweep.py -m --cfg hydra prints them)") from err
+            self._settle(trial, result)
+        finally:
+            with self._lock:
+                self.in_flight.discard(trial_id)
+        return True
+
+    def _settle(self, trial: Trial, result: Any) -> None:
+        """Fail a trial whose job died before telling the study how it ended; stop the sweep
+        when the job says every further trial would fail too (a full disk)."""
+        trial_id = ledger.trial_id(trial)
+        frozen = ledger.frozen_trial(self._study, trial_id)
+        halt = frozen.user_attrs.get(ledger.ATTR_HALT)
+        if halt:
+            raise PlateauError(f"{halt} to continue the study (trial {trial.number} runs "
+                               "again)")
+        if frozen.state != TrialState.RUNNING:
+            return
+        error = getattr(result, "_return_value", None)
+        message = one_line(error) or "the job ended without a result"
+        ledger.set_trial_attr(self._study, trial_id, ledger.ATTR_ERROR, message)
+        self._study.tell(trial, state=TrialState.FAIL)
