@@ -84,9 +84,9 @@ class Asker:
                                     self._n_trials):
             ledger.withdraw(study, ledger.trial_id(trial))
             return None
-        return trial, self._suggest(trial)
+        return trial, self._overrides(trial)
 
-    def _suggest(self, trial: Trial) -> list[str]:
+    def _overrides(self, trial: Trial) -> list[str]:
         space = self._space
         for name, distribution in space.distributions.items():
             ledger.suggest(trial, name, distribution)

@@ -1,0 +1,155 @@
+"""The ledger against the installed Optuna: each use of Optuna's private API does what plateau
+relies on, and none happens outside ``sweeps/ledger.py``."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from conftest import ROOT
+from sweeps import ledger
+
+#: Optuna's private names plateau uses; each may appear in the ledger only.
+PRIVATE = {"_storage", "_trial_id", "_suggest", "_study_id", "_cached_frozen_trial"}
+
+
+@pytest.fixture
+def storage_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
+@pytest.fixture
+def study(storage_url: str) -> optuna.Study:
+    return optuna.create_study(study_name="s", storage=storage_url, direction="maximize")
+
+
+def other_process_view(storage_url: str) -> optuna.Study:
+    """The study as a job in another process loads it: a new storage connection."""
+    return optuna.load_study(study_name="s", storage=storage_url)
+
+
+def test_trial_id_is_the_same_for_a_trial_and_its_frozen_copy(study: optuna.Study) -> None:
+    trial = study.ask()
+    (frozen,) = study.get_trials()
+    assert ledger.trial_id(trial) == ledger.trial_id(frozen)
+    assert isinstance(ledger.trial_id(trial), int)
+
+
+def test_frozen_trial_reads_what_another_process_told(study: optuna.Study,
+                                                      storage_url: str) -> None:
+    trial = study.ask()
+    other_process_view(storage_url).tell(trial.number, 0.5)
+    frozen = ledger.frozen_trial(study, ledger.trial_id(trial))
+    assert frozen.state == TrialState.COMPLETE
+    assert frozen.value == 0.5
+
+
+def test_set_trial_attr_writes_by_id_without_a_trial_object(study: optuna.Study) -> None:
+    trial = study.ask()
+    ledger.set_trial_attr(study, ledger.trial_id(trial), ledger.ATTR_ERROR, "boom")
+    assert study.get_trials()[0].user_attrs[ledger.ATTR_ERROR] == "boom"
+
+
+def test_live_trial_in_another_study_object_reports_to_the_asker(study: optuna.Study,
+                                                                  storage_url: str) -> None:
+    asked = study.ask()
+    live = ledger.live_trial(other_process_view(storage_url), ledger.trial_id(asked))
+    live.report(0.25, 0)
+    live.set_user_attr(ledger.ATTR_HEARTBEAT, 1.0)
+    frozen = study.get_trials()[0]
+    assert live.number == asked.number
+    assert frozen.intermediate_values == {0: 0.25}
+    assert frozen.user_attrs[ledger.ATTR_HEARTBEAT] == 1.0
+    assert live.should_prune() is False  # the default pruner runs on the rebuilt trial
+
+
+def test_suggest_samples_a_ready_made_distribution(study: optuna.Study) -> None:
+    trial = study.ask()
+    value = ledger.suggest(trial, "lr", FloatDistribution(1e-4, 1e-2, log=True))
+    choice = ledger.suggest(trial, "freeze", CategoricalDistribution(["none", "depth"]))
+    frozen = study.get_trials()[0]
+    assert 1e-4 <= value <= 1e-2
+    assert frozen.params == {"lr": value, "freeze": choice}
+    assert frozen.distributions["lr"] == FloatDistribution(1e-4, 1e-2, log=True)
+
+
+def test_suggest_keeps_a_queued_value_and_queued_params_returns_it(
+        study: optuna.Study) -> None:
+    study.enqueue_trial({"freeze": "depth"})
+    trial = study.ask()
+    assert ledger.suggest(trial, "freeze", CategoricalDistribution(["none", "depth"])) == "depth"
+    assert ledger.queued_params(study.get_trials()[0]) == {"freeze": "depth"}
+
+
+def test_queued_params_of_an_asked_trial_is_empty(study: optuna.Study) -> None:
+    study.ask()
+    assert ledger.queued_params(study.get_trials()[0]) == {}
+
+
+def test_abandon_fails_the_trial_uncounted_and_queues_its_params(study: optuna.Study) -> None:
+    trial = study.ask()
+    ledger.suggest(trial, "freeze", CategoricalDistribution(["none", "depth"]))
+    ledger.abandon(study, ledger.trial_id(trial))
+    cut, queued = study.get_trials()
+    assert cut.state == TrialState.FAIL
+    assert cut.user_attrs[ledger.ATTR_INTERRUPTED]
+    assert not ledger.is_finished(cut)
+    assert queued.state == TrialState.WAITING
+    assert ledger.queued_params(queued) == cut.params
+
+
+def test_withdraw_queues_only_params_taken_from_the_queue(study: optuna.Study) -> None:
+    study.enqueue_trial({"freeze": "depth"})
+    from_queue, fresh = study.ask(), study.ask()
+    ledger.withdraw(study, ledger.trial_id(from_queue))
+    ledger.withdraw(study, ledger.trial_id(fresh))
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+    assert not any(ledger.claims_budget(t) for t in trials[:2])
+    assert ledger.queued_params(trials[2]) == {"freeze": "depth"}
+
+
+def test_within_budget_gives_the_last_unit_to_the_earlier_number(study: optuna.Study) -> None:
+    first, second = study.ask(), study.ask()
+    trials = study.get_trials()
+    assert ledger.within_budget(trials, first.number, n_trials=1)
+    assert not ledger.within_budget(trials, second.number, n_trials=1)
+
+
+def test_owner_of_this_process_is_alive_and_a_dead_pid_is_not() -> None:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = ledger.owner_id().rpartition(":")[0]
+    assert ledger.owner_alive(ledger.owner_id()) is True
+    assert ledger.owner_alive(f"{host}:{done.stdout.strip()}") is False
+    assert ledger.owner_alive(f"another-host-{os.getpid()}:1") is None
+
+
+def _private_uses(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    found = [f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}" for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and node.attr in PRIVATE]
+    found += [f"{path.relative_to(ROOT)}:{node.lineno} 'fixed_params'"
+              for node in ast.walk(tree)
+              if isinstance(node, ast.Constant) and node.value == "fixed_params"]
+    return found
+
+
+def test_optuna_private_api_is_used_in_the_ledger_only() -> None:
+    files = [ROOT / "sweep.py", *(p for folder in ("errors", "sweeps", "doctor", "hydra_plugins",
+                                                   "benchmarks", "tests", "lightning_modules",
+                                                   "data_modules")
+                                  for p in sorted((ROOT / folder).rglob("*.py")))]
+    here = Path(__file__).resolve()  # this file names them to look for them
+    outside = [use for path in files if path not in (ROOT / "sweeps" / "ledger.py", here)
+               for use in _private_uses(path)]
+    assert _private_uses(ROOT / "sweeps" / "ledger.py")  # the scan sees them where they are
+    assert not outside
