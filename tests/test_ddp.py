@@ -24,6 +24,7 @@ from test_sweep import (
 )
 from test_workers import storage_url
 
+from sweeps.devices import processes as processes_of
 from sweeps.storage import open_storage
 
 EPOCHS = 4
@@ -76,4 +77,4 @@ def test_ddp_processes_counts_the_ranks_a_trial_trains_in(devices: object,
                                                            processes: int) -> None:
     """What decides whether a sweep's trials are DDP trials (which the basic launcher alone
     can run: their extra ranks re-run sweep.py)."""
-    assert devices.processes(OmegaConf.create({"devices": devices})) == processes
+    assert processes_of(OmegaConf.create({"devices": devices})) == processes
