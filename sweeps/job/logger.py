@@ -60,8 +60,9 @@ def tag_run(logger: MLFlowLogger, tags: dict[str, str]) -> None:
 def end_trial_run(logger: MLFlowLogger | None, state: str, tags: dict[str, str],
                   status: str | None) -> None:
     """Tag a trial's run with its study state; ``status`` terminates it (e.g. FAILED, KILLED)."""
-    if logger is None or not has_run(logger):
+    if not has_run(logger):
         return
+    assert logger is not None
     tag_run(logger, {"plateau.state": state, **tags})
     if status is not None:
         logger.experiment.set_terminated(logger.run_id, status=status)

@@ -78,6 +78,7 @@ class StudySweeper:
         study, run, asker = self._open(arguments)
         slots = Slots(study, asker, self.launcher, self.settings.n_jobs)
         status = "FINISHED"
+        trials: list[FrozenTrial] = []
         try:
             recover_stale(study, run, self.settings.heartbeat_timeout_s)
             slots.run()
@@ -91,11 +92,11 @@ class StudySweeper:
             status = "FAILED"
             raise
         finally:
-            self._close(study, run, status, slots.launched)
-        return study.get_trials(deepcopy=False)
+            trials = self._close(study, run, status, slots.launched)
+        return trials
 
     def _close(self, study: optuna.Study, run: StudyRun, status: str,
-               launched: set[int]) -> None:
+               launched: set[int]) -> list[FrozenTrial]:
         """The report, the MLflow run's end and the terminal's tables, by the worker whose
         turn it is (:func:`closing.ends_study`); an interrupted sweep prints no tables."""
         trials = study.get_trials(deepcopy=False)
@@ -112,3 +113,4 @@ class StudySweeper:
             terminal.print_end(study, trials, time.time() - self.started, path)
         if written is not None:
             terminal.print_summary(written)
+        return trials
