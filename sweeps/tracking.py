@@ -103,6 +103,8 @@ def knob_tags(choices: dict[str, str]) -> dict[str, str]:
 
 #: Study user attribute holding the MLflow run id of the study's parent run.
 STUDY_RUN_ATTR = "mlflow_parent_run_id"
+#: Study user attribute set by the worker that created the study and is making that run.
+STUDY_RUN_PENDING_ATTR = "mlflow_parent_run_pending"
 
 
 def tracking_client(cfg: DictConfig) -> tuple[Any, str] | None:

@@ -20,6 +20,23 @@ log = logging.getLogger(__name__)
 
 #: How long a worker that loaded a new study waits for its creator's parent run.
 PARENT_WAIT_S = 60.0
+#: How long it waits for a sign that the study's creator makes one (it marks the study
+#: within milliseconds of creating it).
+MARK_WAIT_S = 1.0
+
+
+def _wait_for_parent(study: optuna.Study) -> str | None:
+    """The parent run id another worker is about to set, or None when none is coming."""
+    started = time.monotonic()
+    while True:
+        attrs = study.user_attrs
+        if attrs.get(tracking.STUDY_RUN_ATTR):
+            return str(attrs[tracking.STUDY_RUN_ATTR])
+        waited = time.monotonic() - started
+        pending = attrs.get(tracking.STUDY_RUN_PENDING_ATTR, False)
+        if waited >= (PARENT_WAIT_S if pending else MARK_WAIT_S):
+            return None
+        time.sleep(0.2)
 
 
 def _name(obj: Any) -> str:
@@ -40,18 +57,21 @@ class StudyRun:
         """Create the parent run, or reopen the one a previous sweep of this study made.
 
         Workers that start together on one study make one parent run: the worker that
-        created the study creates it, the others wait for its id (up to
-        :data:`PARENT_WAIT_S`) instead of making their own.
+        created the study marks it as making one (:data:`tracking.STUDY_RUN_PENDING_ATTR`)
+        and creates it; the others wait for its id (up to :data:`PARENT_WAIT_S`) instead of
+        making their own. A study made otherwise (``optuna.create_study`` to enqueue trials,
+        or a sweep with ``logger=none``) has no such mark: its first sweep with MLflow makes
+        the parent run after :data:`MARK_WAIT_S`.
         """
-        found = tracking.tracking_client(cfg)
-        if found is None:
+        if tracking.mlflow_config(cfg) is None:
             return cls(None, None)
+        if created:  # before MLflow's slow start: the others see the run is coming
+            study.set_user_attr(tracking.STUDY_RUN_PENDING_ATTR, True)
+        found = tracking.tracking_client(cfg)
+        assert found is not None  # an MLflow logger
         client, experiment_id = found
-        run_id = study.user_attrs.get(tracking.STUDY_RUN_ATTR)
-        deadline = time.monotonic() + PARENT_WAIT_S
-        while not run_id and not created and time.monotonic() < deadline:
-            time.sleep(0.2)
-            run_id = study.user_attrs.get(tracking.STUDY_RUN_ATTR)
+        run_id = study.user_attrs.get(tracking.STUDY_RUN_ATTR) or (
+            None if created else _wait_for_parent(study))
         if run_id:
             client.update_run(run_id, status="RUNNING")
         else:
