@@ -1,13 +1,22 @@
-"""Shared fixtures: composed configs shrunk for speed, real MLflow stores in tmp dirs."""
+"""Shared fixtures: composed configs shrunk for speed, real MLflow stores in tmp dirs.
+
+The suite runs on several test workers (pytest-xdist, ``-n auto`` in pyproject.toml). Tests
+that read one expensive module-scoped run (a sweep, a fault and its re-run) carry the same
+``xdist_group``, so that run happens once, on one worker.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import runpy
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +28,10 @@ from omegaconf import DictConfig, open_dict
 # No test may reach a network: the hub counts as offline, MLflow sends no telemetry.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+# One torch thread per process: the test trials are tiny (a second thread only waits), and the
+# test workers and the sweeps they start share the cores. Set before anything imports torch;
+# the sweeps started as subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The doctor's fingerprint cache of this test session, never the user's ~/.cache/plateau.
 os.environ.setdefault("PLATEAU_CACHE_DIR", tempfile.mkdtemp(prefix="plateau-cache-"))
 
@@ -38,6 +51,18 @@ TINY_DISK = ["unshare", "--mount",
              'find "$0" -type f > "$0.left"; exit $code']
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The shared runs first (they are the longest units of work), so that no worker is left
+    alone with one at the end; each run's tests stay together and in order."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one test worker per core, at most 4 (each holds torch and Lightning, and
+    the sweeps it starts run beside it)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def compose_config(overrides: list[str], keep_hydra: bool = False) -> DictConfig:
     """Compose ``conf/config.yaml`` as ``sweep.py`` would, with Hydra's runtime info set.
 
@@ -52,6 +77,50 @@ def compose_config(overrides: list[str], keep_hydra: bool = False) -> DictConfig
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+@dataclass
+class Exited:
+    """How ``python sweep.py`` ended: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def sweep_here(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+               ) -> Callable[..., Exited]:
+    """``sweep_here(*args, cwd=...)``: ``python sweep.py *args`` in ``cwd``, run in this test
+    process: the same ``__main__`` block (Hydra's and plateau's error handling, the exit
+    code), without a new interpreter's seconds of imports. For mistakes that end before a
+    trial trains; ``test_cli`` shows a real process ends the same way.
+    """
+    def run(*args: str, cwd: Path) -> Exited:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", [str(ROOT / "sweep.py"), *args])
+        handlers, level = logging.root.handlers[:], logging.root.level  # Hydra sets its own
+        GlobalHydra.instance().clear()
+        capfd.readouterr()
+        code = 0
+        try:
+            runpy.run_path(str(ROOT / "sweep.py"), run_name="__main__")
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            GlobalHydra.instance().clear()
+            for handler in set(logging.root.handlers) - set(handlers):
+                handler.close()
+            logging.root.handlers[:] = handlers
+            logging.root.setLevel(level)
+        out, err = capfd.readouterr()
+        return Exited(code, out, err)
+
+    return run
 
 
 @pytest.fixture

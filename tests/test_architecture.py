@@ -211,3 +211,22 @@ def test_the_job_side_does_import_the_trial_stack() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, check=True)
     assert done.stdout.strip() == "True"
+
+
+#: The size a newcomer can read in one sitting (STYLE.md); an exception is named here, with
+#: its reason, and in the commit that makes it.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 300, 50
+
+
+def test_no_module_or_function_outgrows_its_room() -> None:
+    big = []
+    for module, path in MODULES.items():
+        source = path.read_text()
+        if len(source.splitlines()) > MAX_MODULE_LINES:
+            big.append(f"{module}: {len(source.splitlines())} lines")
+        big += [f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+                for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.end_lineno is not None
+                and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not big

@@ -6,6 +6,7 @@ import errno
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import ROOT, TINY, TINY_DISK
+from conftest import ROOT, TINY, TINY_DISK, Exited
 from sweeps.job.disk import disk_full, disk_full_message, drop_partial_copy, full_disk_line
 
 
@@ -106,21 +107,41 @@ MISTAKES = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", list(MISTAKES))
-def test_user_mistake_gets_one_line_error_and_no_run(case: str, tmp_path: Path,
-                                                     a_file: Path) -> None:
-    overrides, expected = MISTAKES[case]
-    places = {"one_class": _one_class_folder(tmp_path), "afile": a_file}
-    result = sweep(*(o.format(**places) for o in overrides), cwd=tmp_path, timeout=120)
+def assert_one_line_and_no_run(result: Exited | subprocess.CompletedProcess, case: str,
+                               places: dict[str, Path], cwd: Path) -> str:
+    """Exit 2, one ``plateau: error:`` line saying what ``MISTAKES[case]`` expects, no
+    traceback, nothing written; returns the line."""
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith("plateau: error: ")
-    assert expected.format(**places) in errors[0]
-    assert not (tmp_path / "mlflow.db").exists()  # nothing half-written
-    assert not (tmp_path / "plateau.db").exists()
+    assert MISTAKES[case][1].format(**places) in errors[0]
+    assert not (cwd / "mlflow.db").exists()  # nothing half-written
+    assert not (cwd / "plateau.db").exists()
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_user_mistake_gets_one_line_error_and_no_run(case: str, tmp_path: Path, a_file: Path,
+                                                     sweep_here: Callable[..., Exited]) -> None:
+    places = {"one_class": _one_class_folder(tmp_path), "afile": a_file}
+    result = sweep_here(*(o.format(**places) for o in MISTAKES[case][0]), cwd=tmp_path)
+    assert_one_line_and_no_run(result, case, places, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing data.root", "unknown key"])
+def test_user_mistake_ends_a_real_process_as_it_ends_in_the_test_process(
+        case: str, tmp_path: Path, a_file: Path, sweep_here: Callable[..., Exited]) -> None:
+    """The mistakes above run in the test process; a new interpreter ends the same way, for
+    a mistake found in the trial (plateau's error) and one found by Hydra."""
+    places = {"one_class": _one_class_folder(tmp_path), "afile": a_file}
+    overrides = [o.format(**places) for o in MISTAKES[case][0]]
+    real = sweep(*overrides, cwd=tmp_path, timeout=120)
+    line = assert_one_line_and_no_run(real, case, places, tmp_path)
+    here = sweep_here(*overrides, cwd=tmp_path)
+    assert assert_one_line_and_no_run(here, case, places, tmp_path) == line
 
 
 def _wrapped(inner: BaseException, how: str) -> BaseException:

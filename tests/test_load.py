@@ -17,6 +17,8 @@ from test_workers import start_workers
 from sweeps.ledger import ATTR_FIT_SECONDS, is_finished
 
 BUDGET, WORKERS = 200, 2
+#: The tests read one load run: on one test worker (conftest), so it runs once.
+pytestmark = pytest.mark.xdist_group("load")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from conftest import ROOT, TINY_DISK
+from conftest import ROOT, TINY_DISK, Exited
 from sweeps.ledger import (
     ATTR_ERROR,
     ATTR_HALT,
@@ -119,7 +119,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "plateau: error" in line]
 
 
-def stopped_with_one_line(sweep: Sweep) -> str:
+def stopped_with_one_line(sweep: Sweep | Exited) -> str:
     """The one error line of a sweep that stopped on a mistake or fault (exit 2, no
     traceback)."""
     assert sweep.returncode == 2, sweep.stderr[-3000:]
@@ -183,6 +183,7 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> StoppedAndResumed:
     return stop_mid_trial_and_resume(args, tmp_path_factory.mktemp("killed"), signal.SIGKILL)
 
 
+@pytest.mark.xdist_group("killed")
 def test_sigkill_leaves_the_cut_trial_running(killed: StoppedAndResumed) -> None:
     """What a resume has to recover from (no code of the killed sweep ran after the signal)."""
     assert killed.stopped.returncode == -signal.SIGKILL
@@ -190,16 +191,19 @@ def test_sigkill_leaves_the_cut_trial_running(killed: StoppedAndResumed) -> None
     assert cut.state == TrialState.RUNNING
 
 
+@pytest.mark.xdist_group("killed")
 def test_resume_after_sigkill_fails_the_killed_trial_as_interrupted(
         killed: StoppedAndResumed) -> None:
     trials = study_trials(killed.cwd)
     assert [t.number for t in trials if interrupted(t)] == [killed.cut.number]
 
 
+@pytest.mark.xdist_group("killed")
 def test_resume_after_sigkill_reruns_the_killed_trials_params(killed: StoppedAndResumed) -> None:
     assert_rerun_from_the_queue(study_trials(killed.cwd), killed.cut)
 
 
+@pytest.mark.xdist_group("killed")
 def test_resume_after_sigkill_samples_params_no_trial_ran_before(
         killed: StoppedAndResumed) -> None:
     """The seeded sampler must not replay the first sweep's draws: with continuous params no
@@ -210,6 +214,7 @@ def test_resume_after_sigkill_samples_params_no_trial_ran_before(
     assert not repeated, f"trials {repeated} re-ran params of an earlier trial"
 
 
+@pytest.mark.xdist_group("killed")
 def test_resume_after_sigkill_leaves_no_mlflow_run_running(killed: StoppedAndResumed) -> None:
     runs = trial_runs(killed.cwd)
     cut = runs.pop(killed.cut.number)
@@ -229,6 +234,7 @@ def ctrl_c(tmp_path_factory: pytest.TempPathFactory) -> StoppedAndResumed:
     return stop_mid_trial_and_resume(args, tmp_path_factory.mktemp("ctrl_c"), signal.SIGINT)
 
 
+@pytest.mark.xdist_group("ctrl_c")
 def test_ctrl_c_exits_130_with_one_line_and_no_traceback(ctrl_c: StoppedAndResumed) -> None:
     stopped = ctrl_c.stopped
     assert stopped.returncode == 130, stopped.stderr[-3000:]
@@ -238,18 +244,21 @@ def test_ctrl_c_exits_130_with_one_line_and_no_traceback(ctrl_c: StoppedAndResum
     assert "re-run the same command" in lines[0]
 
 
+@pytest.mark.xdist_group("ctrl_c")
 def test_ctrl_c_fails_the_cut_trial_as_interrupted_and_leaves_none_running(
         ctrl_c: StoppedAndResumed) -> None:
     assert not [t for t in ctrl_c.left if t.state == TrialState.RUNNING]
     assert [t.number for t in ctrl_c.left if interrupted(t)] == [ctrl_c.cut.number]
 
 
+@pytest.mark.xdist_group("ctrl_c")
 def test_ctrl_c_ends_the_cut_trials_mlflow_run_killed(ctrl_c: StoppedAndResumed) -> None:
     run = trial_runs(ctrl_c.cwd)[ctrl_c.cut.number]
     assert run.info.status == "KILLED"
     assert run.data.tags["plateau.state"] == "FAIL"
 
 
+@pytest.mark.xdist_group("ctrl_c")
 def test_resume_after_ctrl_c_reruns_the_interrupted_trials_params(
         ctrl_c: StoppedAndResumed) -> None:
     assert_rerun_from_the_queue(study_trials(ctrl_c.cwd), ctrl_c.cut)
@@ -309,12 +318,14 @@ def disk_full(tmp_path_factory: pytest.TempPathFactory) -> StoppedAndResumed:
 
 #: Every way a sweep meets a fault, by the name of its fixture.
 FAULTS = ["killed", "ctrl_c", "raised", "diverged", "disk_full"]
+#: Each fault's tests on the test worker that runs its fixture (conftest), so it runs once.
+ON_FAULTS = [pytest.param(fault, marks=pytest.mark.xdist_group(fault)) for fault in FAULTS]
 #: MLflow's end status of a trial's run, by how the study recorded the trial.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED",
               "interrupted": "KILLED"}
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", ON_FAULTS)
 def test_rerun_after_a_fault_finishes_exactly_the_budget(fault: str,
                                                         request: pytest.FixtureRequest) -> None:
     faulted: StoppedAndResumed = request.getfixturevalue(fault)
@@ -326,7 +337,7 @@ def test_rerun_after_a_fault_finishes_exactly_the_budget(fault: str,
     assert len({t.number for t in trials}) == len(trials)
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", ON_FAULTS)
 def test_after_a_fault_and_rerun_study_and_mlflow_agree_on_every_trial(
         fault: str, request: pytest.FixtureRequest) -> None:
     """One MLflow run per trial of the study and none other, each saying what the study says:
@@ -349,6 +360,7 @@ def test_after_a_fault_and_rerun_study_and_mlflow_agree_on_every_trial(
             assert trial.value == trial.user_attrs[ATTR_OBJECTIVE]
 
 
+@pytest.mark.xdist_group("raised")
 def test_exception_mid_fit_fails_its_trial_and_stops_a_sweep_without_tolerance(
         raised: StoppedAndResumed) -> None:
     """max_failure_rate=0 (the default): the first failure ends the sweep with one line."""
@@ -361,6 +373,7 @@ def test_exception_mid_fit_fails_its_trial_and_stops_a_sweep_without_tolerance(
     assert sum(map(is_finished, raised.left)) < RESUME_BUDGET
 
 
+@pytest.mark.xdist_group("raised")
 def test_rerun_after_an_exception_counts_the_failed_trial_and_does_not_repeat_it(
         raised: StoppedAndResumed) -> None:
     """The failure was the trial's own (not an interruption): it keeps its unit of the
@@ -372,6 +385,7 @@ def test_rerun_after_an_exception_counts_the_failed_trial_and_does_not_repeat_it
     assert run.data.tags["plateau.error"] == raised.cut.user_attrs[ATTR_ERROR]
 
 
+@pytest.mark.xdist_group("diverged")
 def test_nan_loss_mid_fit_prunes_its_trial_and_the_sweep_goes_on(
         diverged: StoppedAndResumed) -> None:
     first, cut = diverged.stopped, diverged.cut
@@ -387,6 +401,7 @@ def test_nan_loss_mid_fit_prunes_its_trial_and_the_sweep_goes_on(
     assert sum(map(is_finished, diverged.left)) == RESUME_BUDGET
 
 
+@pytest.mark.xdist_group("diverged")
 def test_rerun_of_a_study_that_met_its_budget_runs_nothing(diverged: StoppedAndResumed) -> None:
     assert [(t.number, t.state) for t in study_trials(diverged.cwd)] == [
         (t.number, t.state) for t in diverged.left]
@@ -394,6 +409,7 @@ def test_rerun_of_a_study_that_met_its_budget_runs_nothing(diverged: StoppedAndR
     assert f"budget {RESUME_BUDGET} finished trials, {RESUME_BUDGET} done" in said
 
 
+@pytest.mark.xdist_group("disk_full")
 def test_full_disk_stops_the_sweep_with_one_line_naming_the_file_and_the_fix(
         disk_full: StoppedAndResumed) -> None:
     line = stopped_with_one_line(disk_full.stopped)
@@ -403,6 +419,7 @@ def test_full_disk_stops_the_sweep_with_one_line_naming_the_file_and_the_fix(
     assert "re-run the same command to continue the study" in line
 
 
+@pytest.mark.xdist_group("disk_full")
 def test_full_disk_queues_its_trial_again_uncounted_and_leaves_no_partial_checkpoint(
         disk_full: StoppedAndResumed) -> None:
     cut = disk_full.cut
@@ -413,6 +430,7 @@ def test_full_disk_queues_its_trial_again_uncounted_and_leaves_no_partial_checkp
     assert run.data.tags["plateau.error"] == cut.user_attrs[ATTR_HALT]
 
 
+@pytest.mark.xdist_group("disk_full")
 def test_rerun_after_a_full_disk_reruns_the_trial_and_saves_every_checkpoint(
         disk_full: StoppedAndResumed) -> None:
     trials = study_trials(disk_full.cwd)
@@ -457,6 +475,7 @@ def tolerant_sweep(tmp_path_factory: pytest.TempPathFactory) -> Tolerant:
     return cwd, failing_sweep(cwd, 1.0)
 
 
+@pytest.mark.xdist_group("tolerant_sweep")
 def test_failing_trials_do_not_stop_a_tolerant_sweep(tolerant_sweep: Tolerant) -> None:
     cwd, result = tolerant_sweep
     assert result.returncode == 0, result.stderr[-3000:]
@@ -465,6 +484,7 @@ def test_failing_trials_do_not_stop_a_tolerant_sweep(tolerant_sweep: Tolerant) -
     assert states == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
 
 
+@pytest.mark.xdist_group("tolerant_sweep")
 def test_failing_trial_is_recorded_fail_with_its_error(tolerant_sweep: Tolerant) -> None:
     cwd, _ = tolerant_sweep
     for trial in study_trials(cwd):
@@ -480,6 +500,7 @@ def test_failing_trial_is_recorded_fail_with_its_error(tolerant_sweep: Tolerant)
             assert error is None
 
 
+@pytest.mark.xdist_group("tolerant_sweep")
 def test_trial_failing_in_the_fit_has_its_mlflow_run_failed_and_tagged(
         tolerant_sweep: Tolerant) -> None:
     cwd, _ = tolerant_sweep
@@ -491,6 +512,7 @@ def test_trial_failing_in_the_fit_has_its_mlflow_run_failed_and_tagged(
     assert run.data.tags["plateau.error"] == trial.user_attrs["error"]
 
 
+@pytest.mark.xdist_group("tolerant_sweep")
 def test_every_failing_trial_has_an_mlflow_run_tagged_with_its_error(
         tolerant_sweep: Tolerant) -> None:
     """README "Failures": a trial that raises is recorded with its error as MLflow tag too."""
@@ -571,11 +593,13 @@ SWEEPER_MISTAKES = {
 
 
 @pytest.mark.parametrize("case", list(SWEEPER_MISTAKES))
-def test_sweeper_mistake_gets_one_line_error_and_no_study_or_run(case: str, tmp_path: Path,
-                                                                 a_file: Path) -> None:
+def test_sweeper_mistake_gets_one_line_error_and_no_study_or_run(
+        case: str, tmp_path: Path, a_file: Path, sweep_here: Callable[..., Exited]) -> None:
+    """In the test process (conftest's ``sweep_here``); test_sweep runs such mistakes (the
+    preflight's, an unreachable storage) as real processes."""
     overrides, expected = SWEEPER_MISTAKES[case]
     overrides = [o.replace("{afile}", str(a_file)) for o in overrides]  # {} is an override
-    result = run_sweep(*TINY, *overrides, cwd=tmp_path, timeout=120)
+    result = sweep_here("-m", *TINY, *overrides, cwd=tmp_path)
     line = stopped_with_one_line(result)
     assert SECRET not in result.output
     assert expected.replace("{afile}", str(a_file)) in line

@@ -113,6 +113,10 @@ def run_pruning_sweep(launcher: str, cwd: Path) -> Sweep:
     return sweep
 
 
+#: Tests reading the pruning sweeps: on one test worker (conftest), so each sweep runs once.
+ON_PRUNING_SWEEPS = pytest.mark.xdist_group("pruning_sweeps")
+
+
 @pytest.fixture(scope="module")
 def pruning_sweeps(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Sweep]:
     """``pruning_sweeps(launcher)``: the pruning sweep under that launcher, run once."""
@@ -132,6 +136,7 @@ def pruning_sweep(request: pytest.FixtureRequest,
     return pruning_sweeps(request.param)
 
 
+@ON_PRUNING_SWEEPS
 @pytest.mark.slow
 def test_flat_trial_is_pruned_inside_the_launched_child_process(pruning_sweep: Sweep) -> None:
     trials = {t.params["optimizer.lr"]: t for t in study_trials(pruning_sweep.cwd)}
@@ -148,6 +153,7 @@ def test_flat_trial_is_pruned_inside_the_launched_child_process(pruning_sweep: S
     assert values[-1] > values[0]  # improving (reported as -val/loss in a maximized study)
 
 
+@ON_PRUNING_SWEEPS
 @pytest.mark.slow
 def test_trial_runs_nest_under_one_study_run_tagged_with_their_state(
         pruning_sweep: Sweep) -> None:
@@ -195,6 +201,7 @@ def test_mask_password_replaces_only_the_password(text: str, expected: str) -> N
     assert mask_password(text) == expected
 
 
+@ON_PRUNING_SWEEPS
 @pytest.mark.slow
 def test_study_run_tags_the_storage_url_masked(pruning_sweep: Sweep) -> None:
     runs = mlflow_runs(pruning_sweep.cwd)
@@ -303,6 +310,7 @@ def test_lht_hparams_search_file_runs_its_own_search_space(tmp_path: Path) -> No
 # -- the best trial's config ---------------------------------------------------------------
 
 
+@ON_PRUNING_SWEEPS
 @pytest.mark.slow
 def test_best_trial_config_reruns_to_the_best_value(
         pruning_sweeps: Callable[[str], Sweep], tmp_path: Path) -> None:

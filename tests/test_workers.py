@@ -27,6 +27,8 @@ from sweeps.ledger import ATTR_WITHDRAWN, is_finished
 from sweeps.storage import open_storage
 
 WORKERS, BUDGET = 3, 9
+#: The tests read one run per storage: on one test worker (conftest), so each runs once.
+pytestmark = pytest.mark.xdist_group("workers")
 
 
 @dataclass
