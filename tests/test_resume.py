@@ -52,39 +52,26 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 @dataclass
-class Sweep:
-    """A finished ``sweep.py`` process: its exit code and what it printed."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-@dataclass
 class StoppedAndResumed:
     """A sweep stopped by a signal mid-trial, then the same command run again."""
 
     cwd: Path
     cut: FrozenTrial  # the trial that was running, as the storage held it at the signal
-    stopped: Sweep
+    stopped: Exited
     left: list[FrozenTrial]  # the study's trials right after the stopped sweep ended
-    resumed: Sweep
+    resumed: Exited
 
 
 def command(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "sweep.py"), "-m", *args]
 
 
-def run_sweep(*args: str, cwd: Path, timeout: float = 240, within: Sequence[str] = ()) -> Sweep:
+def run_sweep(*args: str, cwd: Path, timeout: float = 240, within: Sequence[str] = ()) -> Exited:
     """``python sweep.py -m *args`` in ``cwd``; ``within`` is a command that runs it (its
     arguments follow)."""
     result = subprocess.run([*within, *command(*args)], cwd=cwd, env=ENV, capture_output=True,
                             text=True, timeout=timeout)
-    return Sweep(result.returncode, result.stdout, result.stderr)
+    return Exited(result.returncode, result.stdout, result.stderr)
 
 
 def storage_url(cwd: Path) -> str:
@@ -119,7 +106,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "plateau: error" in line]
 
 
-def stopped_with_one_line(sweep: Sweep | Exited) -> str:
+def stopped_with_one_line(sweep: Exited) -> str:
     """The one error line of a sweep that stopped on a mistake or fault (exit 2, no
     traceback)."""
     assert sweep.returncode == 2, sweep.stderr[-3000:]
@@ -169,7 +156,7 @@ def stop_mid_trial_and_resume(args: Sequence[str], cwd: Path, sig: signal.Signal
             cut = running[0] if running else None
         proc.send_signal(sig)
         stdout, _ = proc.communicate(timeout=60)
-    stopped = Sweep(proc.returncode, stdout, log.read_text())
+    stopped = Exited(proc.returncode, stdout, log.read_text())
     left = study_trials(cwd)
     return StoppedAndResumed(cwd, cut, stopped, left, run_sweep(*args, cwd=cwd))
 
@@ -456,7 +443,7 @@ hydra:
 """
 
 
-def failing_sweep(cwd: Path, max_failure_rate: float) -> Sweep:
+def failing_sweep(cwd: Path, max_failure_rate: float) -> Exited:
     search = cwd / "conf" / "search" / "fails.yaml"
     search.parent.mkdir(parents=True)
     search.write_text(FAILING_SEARCH)
@@ -466,7 +453,7 @@ def failing_sweep(cwd: Path, max_failure_rate: float) -> Sweep:
 
 
 #: The launch directory and the sweep of FAILING_SEARCH with max_failure_rate=1.0.
-Tolerant = tuple[Path, Sweep]
+Tolerant = tuple[Path, Exited]
 
 
 @pytest.fixture(scope="module")
