@@ -18,9 +18,12 @@ Imports Optuna and the standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -50,6 +53,30 @@ ATTR_DIAGNOSIS_REASON = "diagnosis_reason"
 #: study report's per-class recall.
 ATTR_CONFUSION = "val_confusion"
 ATTR_CLASSES = "classes"
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Writes to the study that Ctrl-C does not cut: it is held until the block ends, then
+    raised as ``KeyboardInterrupt`` (over any error of the block).
+
+    An interrupt that lands inside SQLAlchemy's commit or connection handling can leave a
+    sqlite write transaction open, and the process's next write (marking the trial
+    interrupted) then waits out the lock timeout on its own lock and fails. Signals reach
+    the main thread only; elsewhere, or where someone else handles SIGINT, this does nothing.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if held:
+            raise KeyboardInterrupt  # noqa: B012 (Ctrl-C wins over the block's own error)
 
 
 # -- Optuna's private API: used here only ------------------------------------------------

@@ -153,3 +153,31 @@ def test_optuna_private_api_is_used_in_the_ledger_only() -> None:
                for use in _private_uses(path)]
     assert _private_uses(ROOT / "sweeps" / "ledger.py")  # the scan sees them where they are
     assert not outside
+
+
+#: Ctrl-C (a real SIGINT to the process) inside ``uninterrupted``: what ran, in order.
+HELD_CTRL_C = """
+import os, signal, sys
+from sweeps.ledger import uninterrupted
+done = []
+try:
+    with uninterrupted():
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("after the signal")
+        if sys.argv[1] == "fails":
+            raise RuntimeError("the block's own error")
+        done.append("end of block")
+except KeyboardInterrupt as err:
+    print(done, "KeyboardInterrupt", type(err.__context__).__name__)
+"""
+
+
+@pytest.mark.parametrize(("block", "printed"), [
+    ("ends", "['after the signal', 'end of block'] KeyboardInterrupt NoneType"),
+    ("fails", "['after the signal'] KeyboardInterrupt RuntimeError"),
+])
+def test_ctrl_c_waits_for_the_storage_writes_then_interrupts(block: str, printed: str) -> None:
+    result = subprocess.run([sys.executable, "-c", HELD_CTRL_C, block], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == printed

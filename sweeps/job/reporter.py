@@ -59,6 +59,10 @@ class TrialReporter(RankZeroStop):
         return True
 
     def decide(self, trainer: pl.Trainer) -> bool:
+        with ledger.uninterrupted():  # Ctrl-C waits for this epoch's writes
+            return self._decide(trainer)
+
+    def _decide(self, trainer: pl.Trainer) -> bool:
         self.trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
         metric = trainer.callback_metrics.get(self.monitor)
         if metric is None:

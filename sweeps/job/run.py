@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from errors import PlateauError, console
 from sweeps.job import ddp
 from sweeps.job import logger as trial_logger
+from sweeps.job.allocator import keep_freed_memory
 from sweeps.job.build import best_objective
 from sweeps.job.disk import full_disk_line
 from sweeps.job.prepare import prepare_trial
@@ -29,6 +30,7 @@ def run_trial(cfg: DictConfig) -> float:
     Returns:
         The best value over epochs of ``cfg.objective.metric`` (``<metric>_best``).
     """
+    keep_freed_memory()  # every process that trains: sweep, launcher's, DDP rank, single run
     if ddp.ddp_rank() > 0:
         return run_extra_rank(cfg)
     if cfg.get("trial_id") is not None:

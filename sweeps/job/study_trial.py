@@ -69,9 +69,10 @@ def run_study_trial(cfg: DictConfig) -> float:
     MLflow tag); the job itself returns NaN instead of raising, so the sweep goes on. An
     interrupt (Ctrl-C) marks the trial FAIL with ``interrupted`` and propagates.
     """
-    job = _JobTrial(int(cfg.trial_id))
-    job.trial.set_user_attr(ledger.ATTR_OWNER, ledger.owner_id())
-    job.beat()
+    with ledger.uninterrupted():
+        job = _JobTrial(int(cfg.trial_id))
+        job.trial.set_user_attr(ledger.ATTR_OWNER, ledger.owner_id())
+        job.beat()
     reporter = TrialReporter(job.study, job.trial, job.sweeper.monitor)
     seats = contextlib.ExitStack()
     try:
@@ -79,21 +80,24 @@ def run_study_trial(cfg: DictConfig) -> float:
             cfg.trainer, job.sweeper.get("trials_per_gpu", 1), beat=job.beat))
         prepared = _fit(cfg, job, reporter)
     except (KeyboardInterrupt, SystemExit):
-        ledger.abandon(job.study, job.id)
-        trial_logger.end_trial_run(job.logger, "FAIL", {"plateau.interrupted": "true"},
-                                   "KILLED")
+        with ledger.uninterrupted():
+            ledger.abandon(job.study, job.id)
+            trial_logger.end_trial_run(job.logger, "FAIL", {"plateau.interrupted": "true"},
+                                       "KILLED")
         raise KeyboardInterrupt from None
     except Exception as err:  # a failing trial must not end the sweep
-        _fail(cfg, job, err)
+        with ledger.uninterrupted():
+            _fail(cfg, job, err)
         return float("nan")
     finally:
         seats.close()  # the fit is over: its GPU seat goes to the next trial
-    diagnosis = prepared.diagnose()
-    job.trial.set_user_attr(ledger.ATTR_DIAGNOSIS, diagnosis.label)
-    job.trial.set_user_attr(ledger.ATTR_DIAGNOSIS_REASON, diagnosis.reason)
-    _store_confusion(job.trial, prepared.curves.curves.confusion,
-                     getattr(prepared.datamodule, "classes", []))
-    return _tell_outcome(job, reporter, prepared.model)
+    with ledger.uninterrupted():  # the outcome is written whole, or Ctrl-C came before it
+        diagnosis = prepared.diagnose()
+        job.trial.set_user_attr(ledger.ATTR_DIAGNOSIS, diagnosis.label)
+        job.trial.set_user_attr(ledger.ATTR_DIAGNOSIS_REASON, diagnosis.reason)
+        _store_confusion(job.trial, prepared.curves.curves.confusion,
+                         getattr(prepared.datamodule, "classes", []))
+        return _tell_outcome(job, reporter, prepared.model)
 
 
 def _fit(cfg: DictConfig, job: _JobTrial, reporter: TrialReporter) -> PreparedTrial:

@@ -65,7 +65,7 @@ class Slots:
 
     def _run_next(self) -> bool:
         """Run one more trial of the budget as a Hydra job; False when there is none to run."""
-        with self._lock:
+        with self._lock, ledger.uninterrupted():  # a trial asked is a trial in flight
             asked = self._asker.next_trial()
             if asked is None:
                 return False
@@ -85,7 +85,8 @@ class Slots:
                     f"hydra/launcher could not start trial {trial.number} "
                     f"({error_line(err)}); check the hydra.launcher.* "
                     "settings (python sweep.py -m --cfg hydra prints them)") from err
-            self._settle(trial, result)
+            with ledger.uninterrupted():
+                self._settle(trial, result)
         finally:
             with self._lock:
                 self.in_flight.discard(trial_id)

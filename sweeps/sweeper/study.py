@@ -76,7 +76,8 @@ def recover_stale(study: optuna.Study, run: StudyRun, heartbeat_timeout_s: float
         stale = not alive and (alive is not None or now - beat >= heartbeat_timeout_s)
         if not stale and ledger.trial_id(trial) not in own:
             continue
-        ledger.abandon(study, ledger.trial_id(trial))
-        run.end_child(trial, "KILLED")
+        with ledger.uninterrupted():
+            ledger.abandon(study, ledger.trial_id(trial))
+            run.end_child(trial, "KILLED")
         log.warning("trial %d was cut off by a stopped sweep: marked failed, its params "
                     "queued again", trial.number)
