@@ -4,15 +4,15 @@ By default glibc serves every block above 128 KiB (a threshold that adapts up to
 its own ``mmap`` and hands it back with ``munmap`` when freed, and trims the heap's free top
 back to the kernel. A CPU training step allocates and frees the same activation buffers
 every step, so each step maps fresh pages, and the kernel zeroes them on first touch.
-Measured on a 2-core machine, EfficientNet-Lite0 at 224 px, batch 64: 11.7 s per step with
-about as much system time as user time; with the settings below, 4.1-4.7 s per step and
-almost no system time (``benchmarks/allocator.py`` measures it). At 64 px there is no
-difference. GPU memory is PyTorch's own caching allocator and is not affected.
+At 224 px this costs a large share of each step (``benchmarks/allocator.py`` measures it
+side by side); at 64 px it costs nothing measurable. GPU memory is PyTorch's own caching
+allocator and is not affected.
 
-:func:`keep_freed_memory` raises the mmap threshold to glibc's ceiling and turns off
-trimming, for the rest of the process. Set ``PLATEAU_KEEP_FREED_MEMORY=0`` to keep glibc's
-defaults; ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` set in the environment are
-the user's own choice and are left alone. Other C libraries (macOS, musl) are left alone too.
+:func:`keep_freed_memory` raises the mmap threshold to 1 GiB (to 32 MiB, half glibc's heap
+size, where an older glibc caps it there) and turns off trimming, for the rest of the
+process. Set ``PLATEAU_KEEP_FREED_MEMORY=0`` to keep glibc's defaults;
+``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` set in the environment are the
+user's own choice and are left alone. Other C libraries (macOS, musl) are left alone too.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 #: glibc's ``mallopt`` parameters (malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-#: The highest mmap threshold glibc accepts on 64-bit: half its 64 MiB heap size. Blocks
-#: above it are still mapped one by one.
-MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+#: mmap thresholds to try, highest first: blocks below it come from the heap. Activation
+#: buffers of a CPU batch reach hundreds of MiB; an older glibc caps the threshold at 32 MiB.
+MMAP_THRESHOLDS = (1024 * 1024 * 1024, 32 * 1024 * 1024)
 #: Never trim the heap's free top (the largest int ``mallopt`` takes).
 NEVER_TRIM = 2**31 - 1
 #: Set to ``0`` to keep glibc's defaults.
@@ -53,7 +53,7 @@ def keep_freed_memory() -> bool:
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return False
-    _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
+    _applied = any(mallopt(M_MMAP_THRESHOLD, limit) for limit in MMAP_THRESHOLDS) and bool(
         mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
     if not _applied:
         log.debug("glibc refused the mallopt settings; its defaults stay")
