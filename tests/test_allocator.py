@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, Exited
 
 #: Prints whether plateau's setting took, then the bytes in one-by-one mapped blocks while a
 #: 256 MiB tensor is alive. ``{call}`` is filled with plateau's call or nothing.
@@ -74,3 +75,17 @@ def test_a_trial_sets_it_in_the_process_it_trains_in(tmp_path: Path) -> None:
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "kept: True" in result.stdout
+
+
+@pytest.mark.parametrize("mode", [[], ["-m"]], ids=["run", "sweep"])
+def test_a_switch_value_other_than_0_or_1_is_a_one_line_error_and_nothing_runs(
+        mode: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        sweep_here: Callable[..., Exited]) -> None:
+    monkeypatch.setenv("PLATEAU_KEEP_FREED_MEMORY", "off")
+    result = sweep_here(*mode, *TINY, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.output
+    (line,) = [x for x in result.stderr.splitlines() if "error" in x.lower()]
+    assert line.startswith("plateau: error: PLATEAU_KEEP_FREED_MEMORY=off: set it to 0")
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "plateau.db").exists()

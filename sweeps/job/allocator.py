@@ -23,6 +23,8 @@ import logging
 import os
 from typing import Any
 
+from errors import PlateauError
+
 log = logging.getLogger(__name__)
 
 #: glibc's ``mallopt`` parameters (malloc.h).
@@ -42,13 +44,16 @@ _applied = False
 def keep_freed_memory() -> bool:
     """Tell glibc to keep freed memory for reuse (once per process); True when it is set.
 
+    Raises:
+        PlateauError: :data:`SWITCH` is set to something other than ``0`` or ``1``.
+
     Memory freed by a trial stays with its process (it is reused by the next step and the
     next trial) instead of going back to the system.
     """
     global _applied
     if _applied:
         return True
-    if os.environ.get(SWITCH, "1") == "0" or any(name in os.environ for name in _USERS_OWN):
+    if not switched_on() or any(name in os.environ for name in _USERS_OWN):
         return False
     mallopt = _glibc_mallopt()
     if mallopt is None:
@@ -58,6 +63,19 @@ def keep_freed_memory() -> bool:
     if not _applied:
         log.debug("glibc refused the mallopt settings; its defaults stay")
     return _applied
+
+
+def switched_on() -> bool:
+    """Whether :data:`SWITCH` asks for kept freed memory (``1``, the default) or not (``0``).
+
+    Raises:
+        PlateauError: it is set to anything else (the sweeper checks before any study exists).
+    """
+    switch = os.environ.get(SWITCH, "1")
+    if switch not in ("0", "1"):
+        raise PlateauError(f"{SWITCH}={switch}: set it to 0 to keep glibc's allocator "
+                           "defaults, or 1 (the default) to keep freed memory for reuse")
+    return switch == "1"
 
 
 def _glibc_mallopt() -> Any | None:

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial
 
 from errors import PlateauError, console
 from sweeps import ledger, tracking
+from sweeps.job import allocator
 from sweeps.report import best, terminal
 from sweeps.report.study_run import StudyRun
 from sweeps.storage import hide_storage_password, mask_password, resolve_storage_url
@@ -52,6 +53,7 @@ class StudySweeper:
         settings.check_objective(self.config, self.settings.direction)
         settings.check_nodes(self.config)
         tracking.check_store(self.config)
+        allocator.switched_on()  # the trials' processes read it: a bad value stops them all
 
     def _open(self, arguments: list[str]) -> tuple[optuna.Study, StudyRun, Asker]:
         """Check, then open (or join) the study and its MLflow run."""
