@@ -53,6 +53,11 @@ ATTR_DIAGNOSIS_REASON = "diagnosis_reason"
 #: study report's per-class recall.
 ATTR_CONFUSION = "val_confusion"
 ATTR_CLASSES = "classes"
+#: Why the trial was queued: ``base`` (the config as given), ``portfolio:<name>``; unset when
+#: sampled (see :mod:`sweeps.sweeper.first_trials`).
+ATTR_ROLE = "role"
+#: :data:`ATTR_ROLE` of the base trial, which no pruner or stopping rule ends early.
+ROLE_BASE = "base"
 
 
 @contextlib.contextmanager
@@ -113,6 +118,21 @@ def queued_params(trial: FrozenTrial) -> dict[str, Any]:
     return dict(trial.system_attrs.get("fixed_params") or {})
 
 
+def tell_pruned(study: optuna.Study, trial_id: int, value: float | None) -> None:
+    """Tell the running trial ``trial_id`` PRUNED with ``value``, its best objective so far.
+
+    ``Study.tell`` refuses a value with PRUNED and stores the last intermediate value
+    instead: the monitored metric (a negated loss in a maximizing study), which Optuna's
+    tools and the dashboard would then show as the trial's objective.
+    """
+    frozen = frozen_trial(study, trial_id)
+    values = None if value is None else [float(value)]
+    try:
+        study.sampler.after_trial(study, frozen, TrialState.PRUNED, values)
+    finally:
+        study._storage.set_trial_state_values(trial_id, TrialState.PRUNED, values)
+
+
 # -- who runs a trial ----------------------------------------------------------------------
 
 def owner_id() -> str:
@@ -162,6 +182,12 @@ def within_budget(trials: Sequence[FrozenTrial], trial_number: int, n_trials: in
     return len(before) < n_trials
 
 
+def enqueue(study: optuna.Study, params: dict[str, Any], role: str = "") -> None:
+    """Queue ``params`` for the next trial asked, with its :data:`ATTR_ROLE` when given."""
+    study.enqueue_trial(params, user_attrs={ATTR_ROLE: role} if role else None,
+                        skip_if_exists=False)
+
+
 def withdraw(study: optuna.Study, trial_id: int) -> None:
     """End an asked trial that will never run (the budget went to another worker).
 
@@ -172,8 +198,8 @@ def withdraw(study: optuna.Study, trial_id: int) -> None:
     set_trial_attr(study, trial_id, ATTR_WITHDRAWN, True)
     study.tell(frozen.number, state=TrialState.FAIL)
     fixed = queued_params(frozen)
-    if fixed:
-        study.enqueue_trial(fixed, skip_if_exists=False)
+    if fixed or ATTR_ROLE in frozen.user_attrs:
+        enqueue(study, fixed, frozen.user_attrs.get(ATTR_ROLE, ""))
 
 
 def abandon(study: optuna.Study, trial_id: int) -> None:
@@ -184,4 +210,4 @@ def abandon(study: optuna.Study, trial_id: int) -> None:
     frozen = frozen_trial(study, trial_id)
     set_trial_attr(study, trial_id, ATTR_INTERRUPTED, True)
     study.tell(frozen.number, state=TrialState.FAIL)
-    study.enqueue_trial(frozen.params, skip_if_exists=False)
+    enqueue(study, frozen.params, frozen.user_attrs.get(ATTR_ROLE, ""))

@@ -46,7 +46,9 @@ TINY = ["data=synthetic", "backbone=test_resnet", "trainer=cpu"]
 #: one between epochs, short enough that the re-run's whole budget takes seconds.
 # Slow enough that a signal lands mid-trial: no frozen-feature cache (a cached linear probe
 # runs its 6 epochs in well under a second).
-SLOW_TRIALS = [*TINY, "trainer.max_epochs=6", "data.images_per_class=48", "feature_cache=false"]
+# No portfolio: after the base trial the sampler draws, and a resume must not replay draws.
+SLOW_TRIALS = [*TINY, "trainer.max_epochs=6", "data.images_per_class=48", "feature_cache=false",
+               "hydra.sweeper.default_space.portfolio=null"]
 RESUME_BUDGET = 3
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
@@ -188,6 +190,15 @@ def test_resume_after_sigkill_fails_the_killed_trial_as_interrupted(
 @pytest.mark.xdist_group("killed")
 def test_resume_after_sigkill_reruns_the_killed_trials_params(killed: StoppedAndResumed) -> None:
     assert_rerun_from_the_queue(study_trials(killed.cwd), killed.cut)
+
+
+@pytest.mark.xdist_group("killed")
+def test_resume_after_sigkill_runs_the_base_trial_once(killed: StoppedAndResumed) -> None:
+    """The cut trial was the base (the study's first): re-run once, not queued anew."""
+    trials = study_trials(killed.cwd)
+    assert killed.cut.number == 0
+    roles = [t.user_attrs.get("role") for t in trials if is_finished(t)]
+    assert roles == ["base", None, None]
 
 
 @pytest.mark.xdist_group("killed")

@@ -148,6 +148,9 @@ def test_flat_trial_is_pruned_inside_the_launched_child_process(pruning_sweep: S
     assert flat.user_attrs["diagnosis"] == "no_progress"
     assert flat.user_attrs["stopped_epoch"] == len(flat.intermediate_values) - 1
     assert owner_pid(flat) != pruning_sweep.pid  # reported and pruned by the job's process
+    # its value, as Optuna's tools show it, is its best F1 so far, not the last -val/loss
+    assert flat.value == pytest.approx(flat.user_attrs["best_objective"])
+    assert 0.0 <= flat.value <= 1.0
     assert good.state == TrialState.COMPLETE
     values = [good.intermediate_values[epoch] for epoch in sorted(good.intermediate_values)]
     assert values[-1] > values[0]  # improving (reported as -val/loss in a maximized study)

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from conftest import ROOT, TINY
-from sweeps.ledger import ATTR_WITHDRAWN, is_finished
+from sweeps.ledger import ATTR_ROLE, ATTR_WITHDRAWN, is_finished
 from sweeps.storage import open_storage
 
 WORKERS, BUDGET = 3, 9
@@ -116,6 +116,18 @@ def test_workers_together_finish_exactly_the_budget(workers: Workers) -> None:
             assert trial.state == TrialState.FAIL
             assert trial.user_attrs[ATTR_WITHDRAWN]
             assert not trial.intermediate_values
+
+
+@pytest.mark.slow
+def test_the_base_trial_and_each_portfolio_entry_run_once_among_workers(
+        workers: Workers) -> None:
+    """Three workers started together: only the one that created the study queued them."""
+    roles = [t.user_attrs.get(ATTR_ROLE) for t in workers.trials() if is_finished(t)]
+    assert roles[0] == "base"
+    queued = [role for role in roles if role]
+    assert sorted(queued) == sorted({*queued})
+    assert len(queued) == 5  # the base and the default space's four recipes
+    assert roles.count(None) == BUDGET - 5
 
 
 @pytest.mark.slow

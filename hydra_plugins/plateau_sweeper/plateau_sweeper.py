@@ -134,6 +134,8 @@ class SpaceConf:
 
     params: Dict[str, str] = field(default_factory=dict)
     conditional_params: Dict[str, ConditionalParamConf] = field(default_factory=dict)
+    # run after the base trial when this space is searched; null turns it off
+    portfolio: Optional[Dict[str, List[str]]] = None
 
 
 @dataclass
@@ -150,6 +152,9 @@ class PlateauSweeperConf:
     study_name: Optional[str] = "plateau"
     # The study's total budget of finished trials (COMPLETE, PRUNED, FAIL), not "N more".
     n_trials: int = 20
+    # Stop launching trials once this sweep has run this long: seconds, or "90s", "30m",
+    # "2h", "1h30m"; running trials finish, a re-run continues the budget. null: no limit.
+    timeout: Optional[Any] = None
     n_jobs: int = 1
     max_failure_rate: float = 0.0
     # The search space; when null, default_space (set by conf/search/<name>.yaml) is used,
@@ -157,6 +162,13 @@ class PlateauSweeperConf:
     params: Optional[Dict[str, str]] = None
     custom_search_space: Optional[str] = None
     # plateau extensions
+    # The study's first trial runs the config as given (python sweep.py <same overrides>):
+    # the sweep's best is never worse than not sweeping. false: every trial is sampled.
+    base_trial: bool = True
+    # Named override sets of searched params, run after the base trial (and after the
+    # default space's, when that is searched); params an entry leaves out keep the base
+    # config's value when the space holds it, else are sampled.
+    portfolio: Dict[str, List[str]] = field(default_factory=dict)
     conditional_params: Dict[str, ConditionalParamConf] = field(default_factory=dict)
     default_space: SpaceConf = field(default_factory=SpaceConf)
     # the val/* metric reported to the pruner each epoch (minimized, e.g. val/loss)

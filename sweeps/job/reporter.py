@@ -52,6 +52,8 @@ class TrialReporter(RankZeroStop):
         self.reason: str | None = None
         self.stopped_epoch: int | None = None
         self._values: dict[int, float] = {}
+        #: the base trial runs to its end: the sweep's guarantee is its full value
+        self.exempt = trial.user_attrs.get(ledger.ATTR_ROLE) == ledger.ROLE_BASE
 
     def _stop(self, trainer: pl.Trainer, pruned: bool, reason: str) -> bool:
         self.pruned, self.reason = pruned, reason
@@ -74,6 +76,8 @@ class TrialReporter(RankZeroStop):
         reported = aligned(value, self.study.direction, monitor_direction(self.monitor))
         self._values[epoch] = reported
         self.trial.report(reported, epoch)
+        if self.exempt:
+            return False
         if self.trial.should_prune():
             return self._stop(trainer, True, f"pruned by {type(self.study.pruner).__name__} at "
                                              f"epoch {epoch}: {self.monitor} stalled or below "

@@ -52,6 +52,9 @@ class _JobTrial:
         self.logger: MLFlowLogger | None = None
         self.tags = {"plateau.trial_number": str(self.trial.number),
                      "plateau.study": self.study.study_name}
+        role = self.trial.user_attrs.get(ledger.ATTR_ROLE)
+        if role:
+            self.tags["plateau.role"] = role
         parent = self.study.user_attrs.get(tracking.STUDY_RUN_ATTR)
         if parent:
             self.tags["mlflow.parentRunId"] = parent
@@ -186,7 +189,8 @@ def _tell_outcome(job: _JobTrial, reporter: TrialReporter, model: ImageClassifie
         tags = {"plateau.stop_reason": reporter.reason,
                 "plateau.stopped_epoch": str(reporter.stopped_epoch)}
     if reporter.pruned or not math.isfinite(value):
-        job.study.tell(trial, state=TrialState.PRUNED)
+        # its value is its best objective so far, not the last (monitored) report
+        ledger.tell_pruned(job.study, job.id, value if math.isfinite(value) else None)
         state = "PRUNED"
     else:
         job.study.tell(trial, value)

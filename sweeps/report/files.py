@@ -159,6 +159,7 @@ def _overview(report: StudyReport) -> list[str]:
     rows = [["direction", f"{report.direction.name.lower()} `{report.objective}`"],
             ["trials", counts],
             ["best", f"{_number(best.value)} (trial {best.number})" if best else "none"],
+            ["gain over the base config", report.gain or "no base trial completed"],
             ["most important knobs", ", ".join(f"`{k}`" for k in report.top_knobs) or "none"],
             ["dominant failure mode", f"{dominant[0]} ({dominant[1]} trials)" if dominant
              else "none"]]

@@ -82,6 +82,16 @@ class StudyReport:
         return self.direction == StudyDirection.MAXIMIZE
 
     @property
+    def base(self) -> FrozenTrial | None:
+        """The base trial (the config as given), once complete."""
+        return base_trial(self.trials)
+
+    @property
+    def gain(self) -> str:
+        """How the best trial compares with the base trial, in words."""
+        return gain_over_base(self.best, self.base, self.maximize)
+
+    @property
     def top_knobs(self) -> list[str]:
         return list(self.importances)[:TOP_KNOBS]
 
@@ -94,6 +104,23 @@ class StudyReport:
         rank = {label: i for i, label in enumerate(LABELS)}
         label = min(failures, key=lambda k: (-failures[k], rank.get(k, len(LABELS))))
         return label, failures[label]
+
+
+def base_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """The study's complete base trial (:data:`sweeps.ledger.ROLE_BASE`), if any."""
+    return next((t for t in trials if t.state == TrialState.COMPLETE
+                 and t.user_attrs.get(ledger.ATTR_ROLE) == ledger.ROLE_BASE), None)
+
+
+def gain_over_base(best: FrozenTrial | None, base: FrozenTrial | None, maximize: bool) -> str:
+    """``+0.0123 over the base trial's 0.9557 (trial 0)``: best - base, signed so that
+    positive is better in the study's direction; empty without both trials."""
+    if best is None or base is None or best.value is None or base.value is None:
+        return ""
+    gain = (best.value - base.value) * (1 if maximize else -1)
+    if best.number == base.number:
+        return f"the base trial is the best ({base.value:.4f}, trial {base.number})"
+    return f"{gain:+.4f} over the base trial's {base.value:.4f} (trial {base.number})"
 
 
 def importances(study: optuna.Study, complete: list[FrozenTrial]) -> tuple[dict[str, float], str]:

@@ -7,13 +7,14 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
 from errors import console
 from sweeps import ledger
 from sweeps.report import files
-from sweeps.report.model import StudyReport
+from sweeps.report.model import StudyReport, base_trial, gain_over_base
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ def trial_table(trials: list[FrozenTrial]) -> Table:
             note = "interrupted (re-run)"
         elif trial.user_attrs.get(ledger.ATTR_WITHDRAWN):
             note = "withdrawn: the budget went to another worker"
+        role = trial.user_attrs.get(ledger.ATTR_ROLE, "")
+        if role:
+            note = f"{role}; {note}" if note else role
         table.add_row(str(trial.number), trial.state.name,
                       "" if value is None else f"{value:.4f}", str(epochs),
                       trial.user_attrs.get(ledger.ATTR_DIAGNOSIS, ""), note[:80])
@@ -47,6 +51,9 @@ def summary_table(study: optuna.Study, trials: list[FrozenTrial], seconds: float
     if completed:
         best = study.best_trial
         table.add_row("best value", f"{best.value:.4f} (trial {best.number})")
+        gain = gain_over_base(best, base_trial(trials),
+                              study.direction == StudyDirection.MAXIMIZE)
+        table.add_row("gain over base", gain or "no base trial completed")
         table.add_row("best params", "\n".join(f"{k}={v}" for k, v in best.params.items()))
     table.add_row("wall time", f"{seconds:.0f} s")
     return table

@@ -10,8 +10,9 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from errors import PlateauError
+from errors import PlateauError, console
 from sweeps import ledger
+from sweeps.sweeper.first_trials import BASE
 from sweeps.sweeper.search_space import SearchSpace
 
 
@@ -54,19 +55,53 @@ class FailureRate:
             )
 
 
+class Deadline:
+    """``hydra.sweeper.timeout``: after it, this sweep launches no more trials.
+
+    Trials already running finish; the budget stays, so a re-run continues the study.
+
+    Args:
+        given: the setting as the user wrote it (for the message).
+        seconds: its length, None for no limit.
+        started: when this sweep started (``time.time()``).
+    """
+
+    def __init__(self, given: Any = None, seconds: float | None = None,
+                 started: float = 0.0) -> None:
+        self._given = given
+        self._at = None if seconds is None else started + seconds
+        self.passed = False
+
+    def check(self, trials: Sequence[FrozenTrial], n_trials: int) -> bool:
+        """True once the time is spent; says so on the console the first time."""
+        if self._at is None or time.time() < self._at:
+            return False
+        if not self.passed:
+            self.passed = True
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            done = sum(map(ledger.is_finished, trials))
+            console.print(f"[yellow]plateau: hydra.sweeper.timeout={self._given} is spent: no "
+                          f"new trials; {running} running trial(s) finish. {done} of "
+                          f"{n_trials} trials done: re-run the same command to continue the "
+                          "study[/]")
+        return True
+
+
 class Asker:
     """Asks the study for trials within ``n_trials`` and samples their overrides from
     ``space`` (then ``custom_search_space``, hydra-optuna-sweeper's hook)."""
 
     def __init__(self, study: optuna.Study, space: SearchSpace, n_trials: int,
                  failures: FailureRate, config: DictConfig,
-                 custom: Callable[[DictConfig, Trial], None] | None = None) -> None:
+                 custom: Callable[[DictConfig, Trial], None] | None = None,
+                 deadline: Deadline | None = None) -> None:
         self._study = study
         self._space = space
         self._n_trials = n_trials
         self._failures = failures
         self._config = config
         self._custom = custom
+        self.deadline = deadline or Deadline()
 
     def next_trial(self) -> tuple[Trial, list[str]] | None:
         """Ask the next trial of the budget, or None when every unit is claimed.
@@ -77,7 +112,8 @@ class Asker:
         study = self._study
         trials = study.get_trials(deepcopy=False)
         self._failures.check(trials)
-        if sum(map(ledger.claims_budget, trials)) >= self._n_trials:
+        if (sum(map(ledger.claims_budget, trials)) >= self._n_trials
+                or self.deadline.check(trials, self._n_trials)):
             return None
         trial = study.ask()
         if not ledger.within_budget(study.get_trials(deepcopy=False), trial.number,
@@ -87,21 +123,35 @@ class Asker:
         return trial, self._overrides(trial)
 
     def _overrides(self, trial: Trial) -> list[str]:
-        space = self._space
-        for name, distribution in space.distributions.items():
-            ledger.suggest(trial, name, distribution)
-        for name, (parent, expected, distribution) in space.conditional.items():
-            if override_value(trial.params.get(parent)) == expected:
-                ledger.suggest(trial, name, distribution)
-        if self._custom is not None:
-            self._custom(self._config, trial)
-        overlap = set(trial.params) & set(space.fixed)
-        if overlap:
-            raise PlateauError(f"{', '.join(sorted(overlap))} is both searched and fixed: "
-                               "keep one")
-        overrides = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
-        overrides += [f"{k}={override_value(v)}" for k, v in space.fixed.items()]
+        overrides = suggest_overrides(trial, self._space, self._config, self._custom)
         trial.set_user_attr(ledger.ATTR_OVERRIDES, overrides)
         trial.set_user_attr(ledger.ATTR_OWNER, ledger.owner_id())
         trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
         return overrides
+
+
+def suggest_overrides(trial: Trial, space: SearchSpace, config: DictConfig | None = None,
+                      custom: Callable[[DictConfig, Trial], None] | None = None) -> list[str]:
+    """Sample ``trial``'s params from ``space`` (then ``custom_search_space``,
+    hydra-optuna-sweeper's hook) and return its Hydra overrides.
+
+    The base trial (:mod:`sweeps.sweeper.first_trials`) records the base config's values
+    as its params but gets only the command line's plain overrides: it runs the config
+    exactly as ``python sweep.py <same overrides>`` would.
+    """
+    for name, distribution in space.distributions.items():
+        ledger.suggest(trial, name, distribution)
+    for name, (parent, expected, distribution) in space.conditional.items():
+        if override_value(trial.params.get(parent)) == expected:
+            ledger.suggest(trial, name, distribution)
+    if trial.user_attrs.get(ledger.ATTR_ROLE) == BASE:
+        return list(space.command_line)
+    if custom is not None:
+        assert config is not None
+        custom(config, trial)
+    overlap = set(trial.params) & set(space.fixed)
+    if overlap:
+        raise PlateauError(f"{', '.join(sorted(overlap))} is both searched and fixed: "
+                           "keep one")
+    overrides = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
+    return overrides + [f"{k}={override_value(v)}" for k, v in space.fixed.items()]

@@ -23,8 +23,8 @@ from sweeps.job import allocator
 from sweeps.report import best, terminal
 from sweeps.report.study_run import StudyRun
 from sweeps.storage import hide_storage_password, mask_password, resolve_storage_url
-from sweeps.sweeper import closing, settings
-from sweeps.sweeper.asking import Asker, FailureRate
+from sweeps.sweeper import closing, first_trials, settings
+from sweeps.sweeper.asking import Asker, Deadline, FailureRate
 from sweeps.sweeper.search_space import parse_search_space
 from sweeps.sweeper.slots import Slots
 from sweeps.sweeper.study import create_study, recover_stale
@@ -60,9 +60,13 @@ class StudySweeper:
         s = self.settings
         self._check()
         space = parse_search_space(s.params, arguments, s.conditional)
+        portfolio = first_trials.check_portfolio(s.portfolio, space, self.config,
+                                                 s.default_portfolio)
         settings.preflight_base_config(self.config)
         url = resolve_storage_url(s.storage)
         study, created = create_study(s, space, url)
+        if created:  # once per study: not on resume, not by a second worker
+            first_trials.enqueue(study, self.config, space, s.base_trial, portfolio)
         hide_storage_password(self.config, url)
         if study.trials or not created:
             # resumed, or another worker's study: do not replay the same seeded draws
@@ -73,7 +77,8 @@ class StudySweeper:
                       f"{sum(map(ledger.is_finished, study.trials))} done")
         self.started = time.time()  # failures before this sweep do not count
         asker = Asker(study, space, s.n_trials, FailureRate(s.max_failure_rate, self.started),
-                      self.config, s.custom_search_space)
+                      self.config, s.custom_search_space,
+                      Deadline(s.timeout, s.timeout_s, self.started))
         return study, run, asker
 
     def sweep(self, arguments: list[str]) -> list[FrozenTrial]:

@@ -50,6 +50,8 @@ class SearchSpace:
     distributions: dict[str, BaseDistribution] = field(default_factory=dict)
     fixed: dict[str, str] = field(default_factory=dict)
     conditional: dict[str, tuple[str, str, BaseDistribution]] = field(default_factory=dict)
+    #: the command line's plain overrides (not sweeps): what the base trial runs with
+    command_line: list[str] = field(default_factory=list)
 
     def names(self) -> list[str]:
         return [*self.distributions, *self.conditional]
@@ -161,7 +163,10 @@ def parse_search_space(params: dict[str, Any] | None, arguments: list[str],
     """
     lines = [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
     space = SearchSpace()
-    for override in _parse(lines):
+    parsed = _parse(lines)
+    space.command_line = [o.input_line for o in parsed[len(lines) - len(arguments):]
+                          if not o.is_sweep_override()]
+    for override in parsed:
         key = override.get_key_element()
         value = to_distribution(override)
         space.distributions.pop(key, None)

@@ -3,6 +3,7 @@ study or MLflow run exists: each mistake is one line."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,20 @@ class SweepSettings:
     monitor: str
     heartbeat_timeout_s: float
     trials_per_gpu: int
+    #: the config as given runs first (:mod:`sweeps.sweeper.first_trials`)
+    base_trial: bool = True
+    #: named override sets of searched params, queued after the base trial
+    portfolio: dict[str, Any] = field(default_factory=dict)
+    #: the default space's portfolio: entries that do not fit the space as narrowed on the
+    #: command line are skipped, not errors (the user never wrote them)
+    default_portfolio: dict[str, Any] = field(default_factory=dict)
+    #: how long this sweep launches trials, as given (see :func:`parse_duration`)
+    timeout: Any = None
+
+    @property
+    def timeout_s(self) -> float | None:
+        """Seconds after which this sweep launches no more trials (None: no limit)."""
+        return parse_duration(self.timeout)
     #: the search space: params (hydra-optuna-sweeper's) and plateau's conditional params
     params: dict[str, Any] = field(default_factory=dict)
     conditional: dict[str, Any] = field(default_factory=dict)
@@ -50,9 +65,10 @@ class SweepSettings:
     @classmethod
     def from_plugin(cls, *, params: DictConfig | None, conditional_params: DictConfig | None,
                     default_space: DictConfig | None, custom_search_space: str | None,
-                    direction: Any, study_name: str | None, **values: Any) -> SweepSettings:
+                    direction: Any, study_name: str | None, portfolio: DictConfig | None = None,
+                    timeout: Any = None, **values: Any) -> SweepSettings:
         """The plugin's keyword arguments; the user's ``params`` replace the default space
-        (and its conditionals) entirely."""
+        (its conditionals and portfolio too) entirely."""
         default = default_space if params is None and default_space is not None else None
         return cls(
             direction=str(direction), study_name=study_name or DEFAULT_STUDY_NAME,
@@ -60,7 +76,9 @@ class SweepSettings:
             conditional=_plain(conditional_params if default is None
                                else default.conditional_params),
             custom_search_space=get_method(custom_search_space) if custom_search_space
-            else None, **values)
+            else None, portfolio=_plain(portfolio),
+            default_portfolio=_plain(default.get("portfolio") if default is not None else None),
+            timeout=timeout, **values)
 
     def apply_command_line(self, config: DictConfig) -> None:
         """``hydra.sweeper.params={}`` on the command line empties the params, as any params
@@ -72,6 +90,7 @@ class SweepSettings:
         if any(o.key_or_group == "hydra.sweeper.params" and o.value() == {} for o in overrides):
             self.params = {}
             self.conditional = _plain(config.hydra.sweeper.conditional_params)
+            self.default_portfolio = {}
 
     def check(self) -> None:
         """Values no sweep can run with."""
@@ -91,9 +110,31 @@ class SweepSettings:
         if self.monitor not in METRICS:
             raise PlateauError(f"hydra.sweeper.monitor={self.monitor} is not a metric trials "
                                f"report each epoch; use one of {', '.join(METRICS)}")
+        parse_duration(self.timeout)
         if self.direction not in DIRECTIONS:
             raise PlateauError(f"hydra.sweeper.direction={self.direction}: plateau optimizes one "
                                "objective; set it to maximize or minimize")
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def parse_duration(value: Any) -> float | None:
+    """``hydra.sweeper.timeout`` in seconds: a number, or text such as ``90s``, ``30m``,
+    ``2h``, ``1h30m``; None for no limit."""
+    if value is None:
+        return None
+    text = str(value).strip().lower().replace(" ", "")
+    seconds: float | None = None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    elif text and re.fullmatch(f"(?:{_DURATION.pattern})+", text):
+        seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
+    if seconds is None or seconds <= 0:
+        raise PlateauError(f"hydra.sweeper.timeout={value} is not a positive duration; give "
+                           "seconds (3600) or a duration such as 90s, 30m, 2h or 1h30m")
+    return seconds
 
 
 def check_launcher(launcher: Launcher, config: DictConfig) -> None:

@@ -1,0 +1,165 @@
+"""Record, once, the full learning curves of configs sampled from the default search space.
+
+For each dataset the table holds, in this order: the base config (the embedded default, as
+``python sweep.py`` runs it), the default portfolio's entries, then ``--configs`` configs
+drawn from the default search space by Optuna's RandomSampler (seed ``--seed``) through
+the sweeper's own sampling code. Every config trains ``--epochs`` epochs (the space's
+``trainer.max_epochs`` is replaced) with pruning off, and each epoch's every train/val
+metric, its seconds, and the config go to ``benchmarks/curves/<dataset>.jsonl``, one line per
+config once it has trained.
+
+The recording appends: run it again after a kill and it continues with the first config
+missing from the table (a config cut off mid-fit trains again). It runs on the GPU when one
+is visible, else on the CPU (one torch thread per process unless OMP_NUM_THREADS says more).
+Seconds per epoch are as measured on the recording machine, under whatever load it had;
+``benchmarks/strategy_simulator.py`` counts compute in trial-epochs.
+
+    python benchmarks/learning_curves.py                          # both datasets, 60 x 8
+    python benchmarks/learning_curves.py --datasets digits --configs 4 --epochs 2 --out /tmp/c
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import lightning.pytorch as pl  # noqa: E402
+import optuna  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sweeps.job.allocator import keep_freed_memory  # noqa: E402
+from sweeps.job.build import best_objective  # noqa: E402
+from sweeps.job.prepare import prepare_trial  # noqa: E402
+from sweeps.sweeper import first_trials  # noqa: E402
+from sweeps.sweeper.asking import suggest_overrides  # noqa: E402
+from sweeps.sweeper.search_space import SearchSpace, parse_search_space  # noqa: E402
+
+#: The datasets the project ships, as overrides of the default config.
+DATASETS = {"digits": [], "digits_imbalanced": ["data.imbalance=10"]}
+TABLES = ROOT / "benchmarks" / "curves"
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """``conf/config.yaml`` with ``overrides``, as ``sweep.py`` composes it (hydra node kept)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def default_space(cfg: DictConfig) -> SearchSpace:
+    space = cfg.hydra.sweeper.default_space
+    return parse_search_space(OmegaConf.to_container(space.params),  # type: ignore[arg-type]
+                              [], OmegaConf.to_container(space.conditional_params))  # type: ignore[arg-type]
+
+
+def planned(dataset: list[str], configs: int, seed: int) -> list[dict[str, Any]]:
+    """The table's configs, in order: role, params and overrides (without the epochs)."""
+    cfg = compose_config([*dataset, "logger=none"])
+    space = default_space(cfg)
+    portfolio = first_trials.check_portfolio(
+        {}, space, cfg, OmegaConf.to_container(cfg.hydra.sweeper.default_space.portfolio))  # type: ignore[arg-type]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    first_trials.enqueue(study, cfg, space, True, portfolio)
+    rows = []
+    for _ in range(1 + len(portfolio) + configs):
+        trial = study.ask()
+        overrides = suggest_overrides(trial, space)
+        rows.append({"role": first_trials.role(trial) or "sampled", "params": trial.params,
+                     "overrides": [o for o in overrides if not o.startswith("trainer.max_epochs=")]})
+        study.tell(trial, 0.0)
+    return rows
+
+
+class EpochTable(pl.Callback):
+    """Every epoch's train/val metrics and seconds, read after its validation."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self._started = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row = {"epoch": trainer.current_epoch,
+               "seconds": round(time.perf_counter() - self._started, 3)}
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(("train/", "val/")) and value.numel() == 1:
+                row[key] = round(float(value), 6)
+        self.rows.append(row)
+
+
+def record_one(dataset: list[str], overrides: list[str], epochs: int) -> dict[str, Any]:
+    cfg = compose_config([*dataset, *overrides, "logger=none", f"trainer.max_epochs={epochs}",
+                          "+trainer.enable_progress_bar=false"])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    table = EpochTable()
+    started = time.perf_counter()
+    try:
+        prepared = prepare_trial(cfg, callbacks=[table])
+        prepared.trainer.fit(prepared.model, datamodule=prepared.datamodule)
+        best = best_objective(prepared.model) if prepared.model.best_objective.update_count \
+            else None
+        error = None
+    except Exception as err:  # a config that cannot train is a row too (a failed trial)
+        best, error = None, f"{type(err).__name__}: {err}"
+    return {"epochs": table.rows, "best_objective": best, "error": error,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def record(name: str, configs: int, epochs: int, seed: int, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.jsonl"
+    done = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    rows = planned(DATASETS[name], configs, seed)
+    for index, row in enumerate(rows):
+        if index < len(done):
+            if done[index]["overrides"] != row["overrides"]:
+                raise SystemExit(f"{path}: row {index} was recorded for another plan; record "
+                                 "into a new --out folder")
+            continue
+        result = record_one(DATASETS[name], row["overrides"], epochs)
+        line = {"dataset": name, "index": index, **row, "max_epochs": epochs, **result,
+                "seed": seed, "machine": f"{platform.node()} {platform.processor()}",
+                "threads": os.environ.get("OMP_NUM_THREADS")}
+        with path.open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        print(f"{name} {index + 1}/{len(rows)} {row['role']}: best "
+              f"{result['best_objective']} in {result['seconds']:.0f} s "
+              f"{result['error'] or ''}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--configs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=TABLES)
+    args = parser.parse_args()
+    keep_freed_memory()
+    for name in args.datasets:
+        record(name, args.configs, args.epochs, args.seed, args.out)
+
+
+if __name__ == "__main__":
+    main()
