@@ -605,3 +605,22 @@ def test_sweeper_mistake_gets_one_line_error_and_no_study_or_run(
     assert not db.exists() or not optuna.get_all_study_summaries(storage_url(tmp_path))
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "multirun").exists()
+
+
+# -- a time budget -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_timeout_stops_launching_and_reruns_end_with_exactly_the_budget(tmp_path: Path) -> None:
+    """Each sweep launches trials for one second: a trial takes longer, so each sweep runs
+    one trial to its end and stops; the third finds the budget met and runs nothing."""
+    args = [*SLOW_TRIALS, "hydra.sweeper.n_trials=2", "hydra.sweeper.timeout=1s"]
+    for finished_after, stopped_by_time in ((1, True), (2, False), (2, False)):
+        sweep = run_sweep(*args, cwd=tmp_path)
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+        trials = study_trials(tmp_path)
+        assert sum(map(is_finished, trials)) == finished_after
+        assert not [t for t in trials if t.state == TrialState.RUNNING]
+        told = "hydra.sweeper.timeout=1s is spent: no new trials; 0 running trial(s) finish"
+        assert (told in " ".join(sweep.output.split())) == stopped_by_time, sweep.output[-2000:]
+    assert "budget 2 finished trials, 2 done" in sweep.output

@@ -83,7 +83,7 @@ class Deadline:
             console.print(f"[yellow]plateau: hydra.sweeper.timeout={self._given} is spent: no "
                           f"new trials; {running} running trial(s) finish. {done} of "
                           f"{n_trials} trials done: re-run the same command to continue the "
-                          "study[/]")
+                          "study[/]", soft_wrap=True)
         return True
 
 
