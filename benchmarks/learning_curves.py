@@ -32,7 +32,6 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import lightning.pytorch as pl  # noqa: E402
 import optuna  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
@@ -42,9 +41,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sweeps.job.allocator import keep_freed_memory  # noqa: E402
-from sweeps.job.build import best_objective  # noqa: E402
-from sweeps.job.prepare import prepare_trial  # noqa: E402
 from sweeps.sweeper import first_trials  # noqa: E402
 from sweeps.sweeper.asking import suggest_overrides  # noqa: E402
 from sweeps.sweeper.search_space import SearchSpace, parse_search_space  # noqa: E402
@@ -88,31 +84,39 @@ def planned(dataset: list[str], configs: int, seed: int) -> list[dict[str, Any]]
     return rows
 
 
-class EpochTable(pl.Callback):
-    """Every epoch's train/val metrics and seconds, read after its validation."""
+def epoch_table() -> Any:
+    """A Lightning callback keeping every epoch's train/val metrics and seconds (``rows``),
+    read after the epoch's validation. (Lightning loads only when recording.)"""
+    import lightning.pytorch as pl
 
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-        self._started = 0.0
+    class EpochTable(pl.Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict[str, float]] = []
+            self._started = 0.0
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._started = time.perf_counter()
+        def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            self._started = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        row = {"epoch": trainer.current_epoch,
-               "seconds": round(time.perf_counter() - self._started, 3)}
-        for key, value in trainer.callback_metrics.items():
-            if key.startswith(("train/", "val/")) and value.numel() == 1:
-                row[key] = round(float(value), 6)
-        self.rows.append(row)
+        def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            row = {"epoch": trainer.current_epoch,
+                   "seconds": round(time.perf_counter() - self._started, 3)}
+            for key, value in trainer.callback_metrics.items():
+                if key.startswith(("train/", "val/")) and value.numel() == 1:
+                    row[key] = round(float(value), 6)
+            self.rows.append(row)
+
+    return EpochTable()
 
 
 def record_one(dataset: list[str], overrides: list[str], epochs: int) -> dict[str, Any]:
+    from sweeps.job.build import best_objective
+    from sweeps.job.prepare import prepare_trial
+
     cfg = compose_config([*dataset, *overrides, "logger=none", f"trainer.max_epochs={epochs}",
                           "+trainer.enable_progress_bar=false"])
     with open_dict(cfg):
         del cfg["hydra"]
-    table = EpochTable()
+    table = epoch_table()
     started = time.perf_counter()
     try:
         prepared = prepare_trial(cfg, callbacks=[table])
@@ -156,6 +160,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=TABLES)
     args = parser.parse_args()
+    from sweeps.job.allocator import keep_freed_memory
+
     keep_freed_memory()
     for name in args.datasets:
         record(name, args.configs, args.epochs, args.seed, args.out)

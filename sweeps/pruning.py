@@ -7,11 +7,17 @@ negated in a maximizing study).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import optuna
 from optuna.pruners import BasePruner, MedianPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
+
+
+#: Trial user attribute: the trial's epoch budget (``trainer.max_epochs``), set before its
+#: first report, for rules that scale with it (:class:`StagnationPruner`'s shares).
+ATTR_MAX_EPOCHS = "max_epochs"
 
 
 class StagnationPruner(BasePruner):
@@ -32,39 +38,100 @@ class StagnationPruner(BasePruner):
         n_startup_trials: trials to finish before the median comparison prunes anything.
         n_warmup_steps: epochs before any decision in a trial.
         only_stagnating: prune a trailing trial only when it stagnates as well.
+        warmup_share: no decision before this share of the trial's epoch budget either
+            (:data:`ATTR_MAX_EPOCHS`); slow starters -- full fine-tuning, a warm-up -- trail
+            the field in their first epochs and win later.
+        patience_share: patience of at least this share of the epoch budget.
     """
 
     def __init__(self, patience: int = 2, min_delta: float = 0.0, n_startup_trials: int = 2,
-                 n_warmup_steps: int = 1, only_stagnating: bool = False) -> None:
+                 n_warmup_steps: int = 1, only_stagnating: bool = False,
+                 warmup_share: float = 0.0, patience_share: float = 0.0) -> None:
         if patience < 1:
             raise ValueError(f"patience={patience} must be at least 1")
         if min_delta < 0.0:
             raise ValueError(f"min_delta={min_delta} must be >= 0")
+        for name, share in (("warmup_share", warmup_share), ("patience_share", patience_share)):
+            if not 0.0 <= share < 1.0:
+                raise ValueError(f"{name}={share} must be a share of the epochs, in [0, 1)")
         self._patience = patience
         self._min_delta = min_delta
         self._n_warmup_steps = n_warmup_steps
         self._only_stagnating = only_stagnating
+        self._warmup_share = warmup_share
+        self._patience_share = patience_share
         self._median = MedianPruner(n_startup_trials=n_startup_trials,
                                     n_warmup_steps=n_warmup_steps)
 
-    def stagnates(self, values: list[float], direction: StudyDirection) -> bool:
+    def _warmup(self, max_epochs: int | None) -> int:
+        """Epochs before any decision: ``n_warmup_steps``, or the warm-up share if longer."""
+        share = math.ceil(self._warmup_share * max_epochs) if max_epochs else 0
+        return max(self._n_warmup_steps, share)
+
+    def patience(self, max_epochs: int | None = None) -> int:
+        """Epochs without improvement that count as stagnation for this epoch budget."""
+        share = math.ceil(self._patience_share * max_epochs) if max_epochs else 0
+        return max(self._patience, share)
+
+    def stagnates(self, values: list[float], direction: StudyDirection,
+                  max_epochs: int | None = None) -> bool:
         """True when the last ``patience`` values brought no improvement over the best before.
 
         Args:
             values: the trial's reported values, one per epoch, in order (NaN/inf ignored).
             direction: the study's direction, in which the values are reported.
+            max_epochs: the trial's epoch budget, for the shares (None: ignore them).
         """
         finite = [v for v in values if math.isfinite(v)]
-        if len(finite) <= self._patience or len(finite) <= self._n_warmup_steps:
+        patience = self.patience(max_epochs)
+        if len(finite) <= patience or len(finite) <= self._warmup(max_epochs):
             return False
         sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
         scores = [sign * v for v in finite]
-        best_before = max(scores[: -self._patience])
-        return max(scores[-self._patience:]) <= best_before + self._min_delta
+        best_before = max(scores[:-patience])
+        return max(scores[-patience:]) <= best_before + self._min_delta
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        max_epochs = trial.user_attrs.get(ATTR_MAX_EPOCHS)
+        step = trial.last_step
+        if step is None or step < self._warmup(max_epochs):
+            return False
         if self._only_stagnating:
             values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
-            if not self.stagnates(values, study.direction):
+            if not self.stagnates(values, study.direction, max_epochs):
                 return False
         return bool(self._median.prune(study, trial))
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a trial's fit ends before its last epoch: pruned, or completed early."""
+
+    pruned: bool
+    reason: str
+
+
+def judge_epoch(study: optuna.Study, trial: optuna.trial.Trial, epoch: int, value: float,
+                reported: list[float], monitor: str, max_epochs: int | None = None,
+                exempt: bool = False) -> Stop | None:
+    """Report one epoch's ``value`` (in the study's direction) to ``trial`` and decide
+    whether its fit ends: the one rule for live trials and for the strategy simulator.
+
+    Args:
+        reported: the values reported before this one, in epoch order.
+        monitor: the monitored metric, for the reasons.
+        max_epochs: the trial's epoch budget.
+        exempt: report only, never stop (the base trial).
+    """
+    trial.report(value, epoch)
+    if exempt:
+        return None
+    if trial.should_prune():
+        return Stop(True, f"pruned by {type(study.pruner).__name__} at epoch {epoch}: "
+                          f"{monitor} stalled or below the median")
+    pruner = study.pruner
+    if isinstance(pruner, StagnationPruner) and pruner.stagnates(
+            [*reported, value], study.direction, max_epochs):
+        return Stop(False, f"{monitor} stopped improving at epoch {epoch} "
+                           "(competitive: completed early)")
+    return None

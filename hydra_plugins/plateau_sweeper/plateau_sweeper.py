@@ -91,6 +91,8 @@ class StagnationPrunerConf(PrunerConf):
     n_startup_trials: int = 2
     n_warmup_steps: int = 1
     only_stagnating: bool = False  # true: a trailing trial is pruned only once it stalls too
+    warmup_share: float = 0.0  # no decision before this share of trainer.max_epochs either
+    patience_share: float = 0.0  # patience of at least this share of trainer.max_epochs
 
 
 @dataclass

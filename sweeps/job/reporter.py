@@ -13,7 +13,7 @@ import optuna
 
 from sweeps import ledger
 from sweeps.metrics import aligned, monitor_direction
-from sweeps.pruning import StagnationPruner
+from sweeps.pruning import ATTR_MAX_EPOCHS, judge_epoch
 
 
 class RankZeroStop(pl.Callback):
@@ -66,6 +66,8 @@ class TrialReporter(RankZeroStop):
 
     def _decide(self, trainer: pl.Trainer) -> bool:
         self.trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
+        if not self._values:
+            self.trial.set_user_attr(ATTR_MAX_EPOCHS, trainer.max_epochs)
         metric = trainer.callback_metrics.get(self.monitor)
         if metric is None:
             return False
@@ -74,17 +76,8 @@ class TrialReporter(RankZeroStop):
             return self._stop(trainer, True, f"{self.monitor} is {value} at epoch {epoch}: "
                                              "diverged")
         reported = aligned(value, self.study.direction, monitor_direction(self.monitor))
+        before = [self._values[e] for e in sorted(self._values)]
         self._values[epoch] = reported
-        self.trial.report(reported, epoch)
-        if self.exempt:
-            return False
-        if self.trial.should_prune():
-            return self._stop(trainer, True, f"pruned by {type(self.study.pruner).__name__} at "
-                                             f"epoch {epoch}: {self.monitor} stalled or below "
-                                             "the median")
-        pruner = self.study.pruner
-        if isinstance(pruner, StagnationPruner) and pruner.stagnates(
-                [self._values[e] for e in sorted(self._values)], self.study.direction):
-            return self._stop(trainer, False, f"{self.monitor} stopped improving at epoch "
-                                              f"{epoch} (competitive: completed early)")
-        return False
+        stop = judge_epoch(self.study, self.trial, epoch, reported, before, self.monitor,
+                           trainer.max_epochs, self.exempt)
+        return False if stop is None else self._stop(trainer, stop.pruned, stop.reason)
