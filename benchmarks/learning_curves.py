@@ -73,7 +73,7 @@ def planned(dataset: list[str], configs: int, seed: int) -> list[dict[str, Any]]
         {}, space, cfg, OmegaConf.to_container(cfg.hydra.sweeper.default_space.portfolio))  # type: ignore[arg-type]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    first_trials.enqueue(study, cfg, space, True, portfolio)
+    first_trials.enqueue(study, cfg, space, True, portfolio, 1 + len(portfolio))
     rows = []
     for _ in range(1 + len(portfolio) + configs):
         trial = study.ask()

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from conftest import ROOT, TINY, compose_config
 from errors import PlateauError
 from sweeps.ledger import ATTR_OVERRIDES, ATTR_ROLE, queued_params
-from sweeps.sweeper.first_trials import base_params, check_portfolio, portfolio_params
+from sweeps.sweeper.first_trials import base_params, check_portfolio, enqueue, portfolio_params
 from sweeps.sweeper.search_space import SearchSpace, parse_search_space
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -120,8 +120,8 @@ def test_the_base_trial_runs_first_and_scores_what_a_single_run_scores(
 def test_the_portfolio_runs_after_the_base_in_its_order(
         first_trials: tuple[Path, str, str]) -> None:
     cwd, _, _ = first_trials
-    # the portfolio's last two entries wait in the queue for a larger budget
-    _, second, third = [t for t in trials(cwd) if t.state.is_finished()]
+    # the budget of 3 holds the base and two entries: none is left waiting, never to run
+    _, second, third = trials(cwd)
     assert second.user_attrs[ATTR_ROLE] == "portfolio:linear_probe"
     assert queued_params(second)["freeze"] == "head_only"
     # the entry's optimizer.lr gives way to the command line's, fixed for every trial
@@ -147,6 +147,19 @@ def test_the_end_of_the_sweep_states_the_gain_over_the_base(
              for r in runs}
     assert roles["0"] == "base"
     assert roles["1"] == "portfolio:linear_probe"
+
+
+def test_a_grid_sampler_takes_only_first_trials_that_set_its_whole_grid() -> None:
+    cfg = compose_config(["freeze=gradual"], keep_hydra=True)
+    space = parse_search_space({"freeze": "choice(head_only, gradual)", "augment": "none,light"},
+                               [])
+    entries = check_portfolio({"probe": ["freeze=head_only"],
+                               "half": ["augment=light"]}, space, cfg)
+    entries["half"].pop("freeze")  # as if the base's freeze were outside the grid
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(
+        {"freeze": ["head_only", "gradual"], "augment": ["none", "light"]}))
+    enqueue(study, cfg, space, True, entries, budget=10)
+    assert [t.user_attrs[ATTR_ROLE] for t in study.trials] == ["base", "portfolio:probe"]
 
 
 @pytest.mark.slow

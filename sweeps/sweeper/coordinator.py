@@ -66,7 +66,8 @@ class StudySweeper:
         url = resolve_storage_url(s.storage)
         study, created = create_study(s, space, url)
         if created:  # once per study: not on resume, not by a second worker
-            first_trials.enqueue(study, self.config, space, s.base_trial, portfolio)
+            first_trials.enqueue(study, self.config, space, s.base_trial, portfolio,
+                                 s.n_trials)
         hide_storage_password(self.config, url)
         if study.trials or not created:
             # resumed, or another worker's study: do not replay the same seeded draws

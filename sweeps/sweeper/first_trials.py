@@ -156,12 +156,22 @@ def check_portfolio(portfolio: dict[str, Any], space: SearchSpace, config: DictC
 
 
 def enqueue(study: optuna.Study, config: DictConfig, space: SearchSpace, base_trial: bool,
-            portfolio: dict[str, dict[str, Any]]) -> None:
-    """Queue the base trial (when ``base_trial``) and the checked ``portfolio`` entries."""
-    if base_trial:
-        ledger.enqueue(study, base_params(config, space), BASE)
-    for name, params in portfolio.items():
-        ledger.enqueue(study, params, PORTFOLIO + name)
+            portfolio: dict[str, dict[str, Any]], budget: int) -> None:
+    """Queue the base trial (when ``base_trial``) and the checked ``portfolio`` entries, as
+    many as the ``budget`` of trials holds (no trial is left waiting that never runs).
+
+    A grid sampler takes only entries that set every param of its grid (Optuna refuses the
+    others); the rest are skipped with a log line.
+    """
+    queue = ([(BASE, base_params(config, space))] if base_trial else []) + [
+        (PORTFOLIO + name, params) for name, params in portfolio.items()]
+    if isinstance(study.sampler, optuna.samplers.GridSampler):
+        whole = [(r, p) for r, p in queue if set(space.distributions) <= set(p)]
+        for skipped in {r for r, _ in queue} - {r for r, _ in whole}:
+            log.info("%s skipped: the grid sampler runs only points of its whole grid", skipped)
+        queue = whole
+    for role_, params in queue[:budget]:
+        ledger.enqueue(study, params, role_)
 
 
 def role(trial: optuna.trial.Trial | optuna.trial.FrozenTrial) -> str:

@@ -147,6 +147,28 @@ def _parse(lines: list[str]) -> list[Override]:
     return overrides
 
 
+def _add_conditional(space: SearchSpace, key: str, spec: Any) -> None:
+    """Add ``key`` of ``conditional_params`` to ``space`` (see :func:`parse_search_space`)."""
+    when, expression = str(spec["when"]), str(spec["space"])
+    if "=" not in when:
+        raise PlateauError(f"conditional_params.{key}.when={when} must read param=value")
+    parent, expected = (part.strip() for part in when.split("=", 1))
+    if parent not in space.distributions and parent not in space.fixed:
+        raise PlateauError(f"conditional_params.{key}.when names {parent}, which is not a "
+                           "searched param: add it to hydra.sweeper.params")
+    (override,) = _parse([f"{key}={expression}"])
+    distribution = to_distribution(override)
+    if not isinstance(distribution, BaseDistribution):
+        raise PlateauError(f"conditional_params.{key}.space={expression} is not a sweep")
+    if key in space.distributions or key in space.fixed:
+        return  # the user set or swept the key itself: that wins
+    if parent in space.fixed:  # fixed on the command line: the condition is known now
+        if str(space.fixed[parent]) == expected:
+            space.distributions[key] = distribution
+        return
+    space.conditional[key] = (parent, expected, distribution)
+
+
 def parse_search_space(params: dict[str, Any] | None, arguments: list[str],
                        conditional: dict[str, Any] | None = None) -> SearchSpace:
     """Build the search space from ``hydra.sweeper.params`` and the command-line sweeps.
@@ -176,24 +198,7 @@ def parse_search_space(params: dict[str, Any] | None, arguments: list[str],
         else:
             space.fixed[key] = value
     for key, spec in (conditional or {}).items():
-        when, expression = str(spec["when"]), str(spec["space"])
-        if "=" not in when:
-            raise PlateauError(f"conditional_params.{key}.when={when} must read param=value")
-        parent, expected = (part.strip() for part in when.split("=", 1))
-        if parent not in space.distributions and parent not in space.fixed:
-            raise PlateauError(f"conditional_params.{key}.when names {parent}, which is not a "
-                               "searched param: add it to hydra.sweeper.params")
-        (override,) = _parse([f"{key}={expression}"])
-        distribution = to_distribution(override)
-        if not isinstance(distribution, BaseDistribution):
-            raise PlateauError(f"conditional_params.{key}.space={expression} is not a sweep")
-        if key in space.distributions or key in space.fixed:
-            continue  # the user set or swept the key itself: that wins
-        if parent in space.fixed:  # fixed on the command line: the condition is known now
-            if str(space.fixed[parent]) == expected:
-                space.distributions[key] = distribution
-            continue
-        space.conditional[key] = (parent, expected, distribution)
+        _add_conditional(space, key, spec)
     if not space.distributions:
         raise PlateauError("the search space is empty: the study has nothing to sample; give "
                            "hydra.sweeper.params (see conf/search/default.yaml) or sweep a key "
