@@ -1,11 +1,12 @@
 """The README's main job, measured: ``python sweep.py -m`` on the embedded default.
 
-Runs the default sweep in a fresh temporary directory (its own plateau.db and mlflow.db),
-then re-runs the best trial from the exported ``best_trial.yaml`` and compares objectives.
-Prints wall time, trial states, epochs run against the no-pruning budget, and the
-re-run / sweep objective ratio.
+Runs ``python sweep.py`` (the model a user has without sweeping) and the default sweep in a
+fresh temporary directory (its own plateau.db and mlflow.db), then re-runs the best trial
+from the exported ``best_trial.yaml``. Prints the single run's value, the sweep's base trial
+and best (the gain over not sweeping), wall times, trial states, epochs run against the
+no-pruning budget, and the re-run / sweep objective ratio.
 
-    python benchmarks/default_sweep.py            # about 7 minutes on 2 CPU cores
+    python benchmarks/default_sweep.py            # about 9 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ def run(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]
     return result, time.perf_counter() - started
 
 
+def objective(result: subprocess.CompletedProcess) -> float:
+    found = re.search(r"objective \S+ = ([0-9.]+)", result.stdout + result.stderr)
+    assert found, "the run printed no objective"
+    return float(found.group(1))
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
+        single, single_seconds = run(["logger=none"], cwd)
         _, sweep_seconds = run(["-m"], cwd)
         study = optuna.load_study(study_name="plateau", storage=f"sqlite:///{cwd}/plateau.db")
         states = Counter(t.state.name for t in study.trials)
@@ -46,11 +54,14 @@ def main() -> None:
         max_epochs = int(OmegaConf.load(best_config).trainer.max_epochs)
         rerun, rerun_seconds = run([f"--config-path={best_config.parent}",
                                     f"--config-name={best_config.stem}"], cwd)
-        found = re.search(r"objective \S+ = ([0-9.]+)", rerun.stdout + rerun.stderr)
-        assert found, "the re-run printed no objective"
-        again = float(found.group(1))
+        again = objective(rerun)
+        base = [t for t in study.trials if t.user_attrs.get("role") == "base"]
+        print(f"python sweep.py: {objective(single):.4f} in {single_seconds:.0f} s")
+        if base:
+            print(f"the sweep's base trial: {base[0].value:.4f}; best {study.best_value:.4f}: "
+                  f"gain {study.best_value - objective(single):+.4f} over not sweeping")
         print(f"default sweep: {sweep_seconds:.0f} s wall, trials {dict(states)}")
-        budget = max_epochs * len(study.trials)
+        budget = sum(t.user_attrs.get("max_epochs", max_epochs) for t in study.trials)
         print(f"epochs run: {epochs} of {budget} without pruning (ratio {epochs / budget:.2f})")
         print(f"best value {study.best_value:.4f} (trial {study.best_trial.number}); "
               f"re-run of best_trial.yaml: {again:.4f} in {rerun_seconds:.0f} s "

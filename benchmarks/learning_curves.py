@@ -78,8 +78,9 @@ def planned(dataset: list[str], configs: int, seed: int) -> list[dict[str, Any]]
     for _ in range(1 + len(portfolio) + configs):
         trial = study.ask()
         overrides = suggest_overrides(trial, space)
+        kept = [o for o in overrides if not o.startswith("trainer.max_epochs=")]
         rows.append({"role": first_trials.role(trial) or "sampled", "params": trial.params,
-                     "overrides": [o for o in overrides if not o.startswith("trainer.max_epochs=")]})
+                     "overrides": kept})
         study.tell(trial, 0.0)
     return rows
 

@@ -21,7 +21,8 @@ budget, the compute spent, and how often a trial of the table's top-5 configs wa
 before its last epoch. The PNG draws best-so-far against trial-epochs (median, quartiles).
 
     python benchmarks/strategy_simulator.py                   # 20 seeds, 60 trials, all
-    python benchmarks/strategy_simulator.py --seeds 5 --strategies tpe/none/off tpe/plateau/portfolio
+    python benchmarks/strategy_simulator.py --seeds 5 --strategies tpe/none/off \
+        tpe/plateau/portfolio
 """
 
 from __future__ import annotations
@@ -162,12 +163,12 @@ def simulate(table: list[Config], space: SearchSpace, sampler: str, stopping: st
 
 def best_at(trace: Trace, compute: float) -> float:
     """The best complete value once ``compute`` trial-epochs are spent (or at the end)."""
-    done = [b for e, b in zip(trace.epochs, trace.best) if e <= compute]
+    done = [b for e, b in zip(trace.epochs, trace.best, strict=True) if e <= compute]
     return done[-1] if done else -math.inf
 
 
 def to_reach(trace: Trace, target: float) -> float:
-    return next((e for e, b in zip(trace.epochs, trace.best) if b >= target), math.inf)
+    return next((e for e, b in zip(trace.epochs, trace.best, strict=True) if b >= target), math.inf)
 
 
 def _median(values: list[float]) -> float:

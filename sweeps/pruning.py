@@ -14,7 +14,6 @@ from optuna.pruners import BasePruner, MedianPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
-
 #: Trial user attribute: the trial's epoch budget (``trainer.max_epochs``), set before its
 #: first report, for rules that scale with it (:class:`StagnationPruner`'s shares).
 ATTR_MAX_EPOCHS = "max_epochs"

@@ -186,7 +186,7 @@ def parse_search_space(params: dict[str, Any] | None, arguments: list[str],
     lines = [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
     space = SearchSpace()
     parsed = _parse(lines)
-    space.command_line = [o.input_line for o in parsed[len(lines) - len(arguments):]
+    space.command_line = [str(o.input_line) for o in parsed[len(lines) - len(arguments):]
                           if not o.is_sweep_override()]
     for override in parsed:
         key = override.get_key_element()
