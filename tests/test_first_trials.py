@@ -147,6 +147,12 @@ def test_the_end_of_the_sweep_states_the_gain_over_the_base(
              for r in runs}
     assert roles["0"] == "base"
     assert roles["1"] == "portfolio:linear_probe"
+    (parent,) = [r for r in runs if "plateau.trial_number" not in r.data.tags]
+    base = trials(cwd)[0].value
+    assert parent.data.metrics["base_value"] == pytest.approx(base)
+    # a minimized loss: the gain is how much lower the best is
+    assert parent.data.metrics["gain_over_base"] == pytest.approx(
+        base - min(t.value for t in trials(cwd)))
 
 
 def test_a_grid_sampler_takes_only_first_trials_that_set_its_whole_grid() -> None:

@@ -11,9 +11,11 @@ from typing import Any
 
 import optuna
 from omegaconf import DictConfig
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps import ledger, tracking
+from sweeps.report.model import base_trial
 from sweeps.storage import mask_password
 
 log = logging.getLogger(__name__)
@@ -110,4 +112,10 @@ class StudyRun:
             self.client.set_tag(self.run_id, "plateau.best_trial", str(best.number))
             self.client.set_tag(self.run_id, "plateau.best_params",
                                 json.dumps(best.params, default=str)[:5000])
+            base = base_trial(completed)
+            if base is not None and base.value is not None:
+                sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+                self.client.log_metric(self.run_id, "base_value", float(base.value))
+                self.client.log_metric(self.run_id, "gain_over_base",
+                                       sign * (float(best.values[0]) - base.value))
         self.client.set_terminated(self.run_id, status=status)
