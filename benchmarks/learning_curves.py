@@ -8,9 +8,11 @@ the sweeper's own sampling code. Every config trains ``--epochs`` epochs (the sp
 metric, its seconds, and the config go to ``benchmarks/curves/<dataset>.jsonl``, one line per
 config once it has trained.
 
-The recording appends: run it again after a kill and it continues with the first config
-missing from the table (a config cut off mid-fit trains again). It runs on the GPU when one
-is visible, else on the CPU (one torch thread per process unless OMP_NUM_THREADS says more).
+The recording appends: run it again after a kill and it continues with the configs missing
+from the table (a config cut off mid-fit trains again). Several processes may record one
+table at once (each config is claimed by one of them), e.g. one per core or GPU. It runs on
+the GPU when one is visible, else on the CPU (one torch thread per process unless
+OMP_NUM_THREADS says more).
 Seconds per epoch are as measured on the recording machine, under whatever load it had;
 ``benchmarks/strategy_simulator.py`` counts compute in trial-epochs.
 
@@ -131,16 +133,45 @@ def record_one(dataset: list[str], overrides: list[str], epochs: int) -> dict[st
             "seconds": round(time.perf_counter() - started, 3)}
 
 
+def _claim(path: Path) -> bool:
+    """Take config ``path`` (a claim file holding the recording process's pid) for this
+    process; a claim of a process that is gone is taken over."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        holder = path.read_text().strip()
+        try:
+            os.kill(int(holder), 0)
+            return False
+        except (ValueError, ProcessLookupError):
+            path.unlink(missing_ok=True)
+            return _claim(path)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+def recorded(path: Path) -> dict[int, dict[str, Any]]:
+    """The table's rows by index (processes recording together append out of order)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {row["index"]: row for row in map(json.loads, lines)}
+
+
 def record(name: str, configs: int, epochs: int, seed: int, out: Path) -> None:
+    """Record the configs of ``name`` missing from its table; several processes may record
+    one table together, each config claimed by one of them."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.jsonl"
-    done = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     rows = planned(DATASETS[name], configs, seed)
     for index, row in enumerate(rows):
-        if index < len(done):
+        done = recorded(path)
+        if index in done:
             if done[index]["overrides"] != row["overrides"]:
                 raise SystemExit(f"{path}: row {index} was recorded for another plan; record "
                                  "into a new --out folder")
+            continue
+        claim = out / f".{name}.{index}.claim"
+        if not _claim(claim):
             continue
         result = record_one(DATASETS[name], row["overrides"], epochs)
         line = {"dataset": name, "index": index, **row, "max_epochs": epochs, **result,
@@ -148,6 +179,7 @@ def record(name: str, configs: int, epochs: int, seed: int, out: Path) -> None:
                 "threads": os.environ.get("OMP_NUM_THREADS")}
         with path.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
+        claim.unlink()
         print(f"{name} {index + 1}/{len(rows)} {row['role']}: best "
               f"{result['best_objective']} in {result['seconds']:.0f} s "
               f"{result['error'] or ''}", flush=True)

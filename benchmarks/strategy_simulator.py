@@ -28,7 +28,6 @@ before its last epoch. The PNG draws best-so-far against trial-epochs (median, q
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -42,7 +41,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning_curves import ROOT, TABLES, compose_config, default_space  # noqa: E402
+from learning_curves import ROOT, TABLES, compose_config, default_space, recorded  # noqa: E402
 
 from hydra_plugins.plateau_sweeper import plateau_sweeper as plugin  # noqa: E402
 from sweeps import ledger  # noqa: E402
@@ -67,9 +66,21 @@ class Config:
 
 
 def load(path: Path) -> list[Config]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = [row for _, row in sorted(recorded(path).items())]
     return [Config(r["role"], r["params"], [e.get("val/loss", math.nan) for e in r["epochs"]],
                    [e.get("val/f1_macro", 0.0) for e in r["epochs"]]) for r in rows]
+
+
+def _pruner(spec: str, max_epochs: int) -> Any:
+    """``name`` of :func:`_pruners`, or ``plateau:key=value,...`` for a variant of plateau's
+    default (e.g. ``plateau:warmup_share=0.5,patience=3``)."""
+    name, _, changes = spec.partition(":")
+    if not changes:
+        return _pruners(max_epochs)[name]
+    values = dict(item.split("=") for item in changes.split(","))
+    conf = OmegaConf.merge(OmegaConf.structured(plugin.StagnationPrunerConf),
+                           {k: OmegaConf.create(f"x: {v}").x for k, v in values.items()})
+    return instantiate(conf)
 
 
 def _pruners(max_epochs: int) -> dict[str, Any]:
@@ -117,19 +128,20 @@ class Trace:
     best: list[float]  # best COMPLETE value after each trial
     top_runs: int  # trials of a top-5 config
     top_stopped: int  # ... stopped before their last epoch
+    top_lost: int  # ... stopped more than WITHIN below what their last epoch would give
 
 
 def simulate(table: list[Config], space: SearchSpace, sampler: str, stopping: str, first: str,
              seed: int, budget: int) -> Trace:
     max_epochs = max(len(c.scores) for c in table)
     study = optuna.create_study(direction="maximize", sampler=_sampler(sampler, seed),
-                                pruner=_pruners(max_epochs)[stopping])
+                                pruner=_pruner(stopping, max_epochs))
     queued = {c.role: c for c in table if c.role != "sampled"}
     for role, config in queued.items():
         if first == "portfolio" or (first == "base" and role == ledger.ROLE_BASE):
             ledger.enqueue(study, config.params, role)
     top = sorted(range(len(table)), key=lambda i: -table[i].best)[:5]
-    trace = Trace([], [], 0, 0)
+    trace = Trace([], [], 0, 0, 0)
     spent, best = 0, -math.inf
     for _ in range(budget):
         trial = study.ask()
@@ -156,6 +168,7 @@ def simulate(table: list[Config], space: SearchSpace, sampler: str, stopping: st
         if table.index(config) in top:
             trace.top_runs += 1
             trace.top_stopped += len(reported) < max_epochs
+            trace.top_lost += value < config.best - WITHIN
         trace.epochs.append(spent)
         trace.best.append(best)
     return trace
@@ -183,18 +196,20 @@ def summarize(name: str, traces: list[Trace], table_best: float) -> dict[str, An
             **{f"best@{c}": _median([best_at(t, c) for t in traces]) for c in CHECKPOINTS},
             "best": _median([t.best[-1] for t in traces]),
             "epochs": _median([t.epochs[-1] for t in traces]),
-            "top5_stopped": sum(t.top_stopped for t in traces) / runs if runs else math.nan}
+            "top5_stopped": sum(t.top_stopped for t in traces) / runs if runs else math.nan,
+            "top5_lost": sum(t.top_lost for t in traces) / runs if runs else math.nan}
 
 
 def print_table(dataset: str, rows: list[dict[str, Any]], table_best: float, seeds: int) -> None:
     print(f"\n{dataset}: table best {table_best:.4f}; medians over {seeds} seeds")
     head = ["strategy", "epochs to within 0.5 pt", "reached", *[f"best@{c}" for c in
-            CHECKPOINTS], "best", "epochs", "top-5 stopped"]
+            CHECKPOINTS], "best", "epochs", "top-5 stopped", "top-5 lost > 0.5 pt"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         print(f"| {r['strategy']} | {r['to_within']:.0f} | {r['reached']}/{seeds} | "
               + " | ".join(f"{r[f'best@{c}']:.4f}" for c in CHECKPOINTS)
-              + f" | {r['best']:.4f} | {r['epochs']:.0f} | {r['top5_stopped']:.0%} |")
+              + f" | {r['best']:.4f} | {r['epochs']:.0f} | {r['top5_stopped']:.0%} | "
+              f"{r['top5_lost']:.0%} |")
 
 
 def plot(dataset: str, curves: dict[str, list[Trace]], out: Path) -> None:
@@ -244,7 +259,7 @@ def main() -> None:
         rows, curves = [], {}
         for name in names:
             started = time.perf_counter()
-            sampler, stopping, first = name.split("/")
+            sampler, stopping, first = name.split("/")  # stopping may hold "/"-free k=v
             traces = [simulate(table, space, sampler, stopping, first, seed, args.budget)
                       for seed in range(args.seeds)]
             rows.append(summarize(name, traces, table_best))
