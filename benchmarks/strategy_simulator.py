@@ -7,11 +7,12 @@ plateau's own per-epoch rule (:func:`sweeps.pruning.judge_epoch`, as live trials
 validation loss, negated in a maximizing study) until the rule stops it; its value is its
 best validation F1 so far (a pruned trial too, as :func:`sweeps.ledger.tell_pruned` stores).
 
-How a sampled config maps to a recorded one: the *nearest* recorded config of the same
-dataset. Distance sums, over the searched params, 1 for each categorical that differs (or a
-conditional param present on one side only) and, for a number, the difference scaled to its
-search range (on a log scale for log params). The base trial and the portfolio's entries
-are recorded themselves (distance 0).
+How a sampled config maps to a recorded one: the *nearest* of the table's sampled configs
+(the random draws from the space; the base and portfolio rows run only when queued, as
+themselves). Distance sums, over the searched params, 1 for each categorical that differs
+(or a conditional param present on one side only) and, for a number, the difference scaled
+to its search range (on a log scale for log params). The table's best, the target, is over
+all its rows.
 
 Strategies: sampler (random, TPE) x stopping (none, Optuna's median, successive halving,
 hyperband, plateau's rules) x first trials (none; the base; the base and the portfolio).
@@ -140,6 +141,7 @@ def simulate(table: list[Config], space: SearchSpace, sampler: str, stopping: st
     for role, config in queued.items():
         if first == "portfolio" or (first == "base" and role == ledger.ROLE_BASE):
             ledger.enqueue(study, config.params, role)
+    sampled = [c for c in table if c.role == "sampled"]  # the table's model of the space
     top = sorted(range(len(table)), key=lambda i: -table[i].best)[:5]
     trace = Trace([], [], 0, 0, 0)
     spent, best = 0, -math.inf
@@ -148,7 +150,7 @@ def simulate(table: list[Config], space: SearchSpace, sampler: str, stopping: st
         suggest_overrides(trial, space)
         role = str(trial.user_attrs.get(ledger.ATTR_ROLE, ""))
         config = queued[role] if role else min(
-            table, key=lambda c: distance(trial.params, c.params, space))
+            sampled, key=lambda c: distance(trial.params, c.params, space))
         trial.set_user_attr(ATTR_MAX_EPOCHS, max_epochs)
         reported: list[float] = []
         stop = None

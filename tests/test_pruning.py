@@ -17,7 +17,7 @@ from optuna.study import StudyDirection
 
 from sweeps.ledger import frozen_trial, trial_id
 from sweeps.metrics import aligned, is_negated, monitor_direction
-from sweeps.pruning import StagnationPruner
+from sweeps.pruning import ATTR_MAX_EPOCHS, StagnationPruner
 
 MAX, MIN = StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE
 NAN, INF = math.nan, math.inf
@@ -343,3 +343,45 @@ def test_smallest_valid_settings_are_accepted() -> None:
     pruner = StagnationPruner(patience=1, min_delta=0.0)
 
     assert pruner.stagnates([1.0, 1.0], MAX) is True
+
+
+# -- shares of the trial's epoch budget -----------------------------------------------------------
+
+@pytest.mark.parametrize(("max_epochs", "expected"), [
+    (None, [False, True, True, True, True, True]),  # no budget known: n_warmup_steps only
+    (6, [False, False, False, True, True, True]),  # half of 6 epochs: decisions from epoch 3
+    (10, [False] * 5 + [True]),  # half of 10: from epoch 5
+])
+def test_a_trailing_trial_is_spared_for_the_warmup_share_of_its_epochs(
+    make_study: Callable[..., optuna.Study], max_epochs: int | None, expected: list[bool],
+) -> None:
+    """A slow starter (full fine-tuning, a warm-up) trails the field early: it keeps its
+    first half of the epochs, then faces the median at each epoch like any trial."""
+    study = make_study("maximize", StagnationPruner(patience=2, n_startup_trials=2,
+                                                    warmup_share=0.5))
+    complete_good_trials(study, 3)
+    trial = study.ask()
+    if max_epochs:
+        trial.set_user_attr(ATTR_MAX_EPOCHS, max_epochs)
+    decisions = []
+    for step in range(6):
+        trial.report(aligned(3.0, study.direction), step)
+        decisions.append(trial.should_prune())
+    assert decisions == expected
+
+
+@pytest.mark.parametrize(("max_epochs", "patience"), [(None, 2), (4, 2), (8, 2), (12, 3),
+                                                      (20, 5)])
+def test_patience_is_at_least_its_share_of_the_epochs(max_epochs: int | None,
+                                                      patience: int) -> None:
+    pruner = StagnationPruner(patience=2, n_warmup_steps=0, patience_share=0.25)
+    assert pruner.patience(max_epochs) == patience
+    best_then_flat = [1.0] + [0.5] * patience
+    assert pruner.stagnates(best_then_flat, MAX, max_epochs)
+    assert not pruner.stagnates(best_then_flat[:-1], MAX, max_epochs)
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0, 1.5])
+def test_a_share_outside_zero_to_one_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="share of the epochs"):
+        StagnationPruner(warmup_share=share)

@@ -83,7 +83,8 @@ class PrunerConf:
 
 @dataclass
 class StagnationPrunerConf(PrunerConf):
-    """Prune trials below the median; end competitive ones that stall for ``patience`` epochs."""
+    """Prune trials below the median; end competitive ones that stall for ``patience`` epochs;
+    neither before ``warmup_share`` of the trial's epochs."""
 
     _target_: str = "sweeps.pruning.StagnationPruner"
     patience: int = 2
@@ -91,8 +92,10 @@ class StagnationPrunerConf(PrunerConf):
     n_startup_trials: int = 2
     n_warmup_steps: int = 1
     only_stagnating: bool = False  # true: a trailing trial is pruned only once it stalls too
-    warmup_share: float = 0.0  # no decision before this share of trainer.max_epochs either
-    patience_share: float = 0.0  # patience of at least this share of trainer.max_epochs
+    # no decision before half of trainer.max_epochs: this space's winners (full fine-tunes,
+    # gradual unfreezing) start slowly (benchmarks/strategy_simulator.py)
+    warmup_share: float = 0.5
+    patience_share: float = 0.25  # patience of at least this share of trainer.max_epochs
 
 
 @dataclass
