@@ -156,7 +156,8 @@ def simulate(table: list[Config], space: SearchSpace, sampler: str, stopping: st
         stop = None
         for epoch, loss in enumerate(config.losses):
             stop = judge_epoch(study, trial, epoch, -loss, reported, "val/loss", max_epochs,
-                               exempt=role == ledger.ROLE_BASE)
+                               exempt=role == ledger.ROLE_BASE,
+                               best_so_far=max(config.scores[:epoch + 1]))
             reported.append(-loss)
             if stop is not None:
                 break

@@ -12,8 +12,11 @@ from dataclasses import dataclass
 import optuna
 from optuna.pruners import BasePruner, MedianPruner
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
+#: Trial user attribute: the trial's best objective so far (objective units), updated each
+#: epoch; the final value of a trial that ends (see :mod:`sweeps.ledger`'s ATTR_OBJECTIVE).
+ATTR_BEST_SO_FAR = "best_objective"
 #: Trial user attribute: the trial's epoch budget (``trainer.max_epochs``), set before its
 #: first report, for rules that scale with it (:class:`StagnationPruner`'s shares).
 ATTR_MAX_EPOCHS = "max_epochs"
@@ -23,7 +26,10 @@ class StagnationPruner(BasePruner):
     """End trials that stall: pruned when behind the others, completed early when ahead.
 
     A trial whose reported value is worse than the median of other trials at the same epoch
-    (``MedianPruner``, after ``n_warmup_steps``) is *pruned*: in a transfer-learning sweep a
+    (``MedianPruner``, after ``n_warmup_steps``) is *pruned* -- unless its objective so far
+    (:data:`ATTR_BEST_SO_FAR`) already beats every complete trial's: the monitored loss and
+    the objective can disagree (a full fine-tune with a higher val loss and the best F1), and
+    the leader by the objective is the model the user came for. in a transfer-learning sweep a
     run that trails after the warm-up rarely overtakes, and a no-pruning sweep spends most of
     its epochs on such runs. With ``only_stagnating=True`` a trailing trial is pruned only
     once it also stagnates (a gentler policy for slow starters such as full fine-tuning at a
@@ -99,7 +105,22 @@ class StagnationPruner(BasePruner):
             values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
             if not self.stagnates(values, study.direction, max_epochs):
                 return False
+        if _leads(study, trial.user_attrs.get(ATTR_BEST_SO_FAR)):
+            return False
         return bool(self._median.prune(study, trial))
+
+
+def _leads(study: optuna.Study, objective: float | None) -> bool:
+    """Whether ``objective`` is at least as good as every complete trial's value."""
+    if objective is None or not math.isfinite(objective):
+        return False
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.value is not None]
+    if not values:
+        return False
+    if study.direction == StudyDirection.MAXIMIZE:
+        return objective >= max(values)
+    return objective <= min(values)
 
 
 @dataclass(frozen=True)
@@ -112,7 +133,7 @@ class Stop:
 
 def judge_epoch(study: optuna.Study, trial: optuna.trial.Trial, epoch: int, value: float,
                 reported: list[float], monitor: str, max_epochs: int | None = None,
-                exempt: bool = False) -> Stop | None:
+                exempt: bool = False, best_so_far: float | None = None) -> Stop | None:
     """Report one epoch's ``value`` (in the study's direction) to ``trial`` and decide
     whether its fit ends: the one rule for live trials and for the strategy simulator.
 
@@ -121,7 +142,10 @@ def judge_epoch(study: optuna.Study, trial: optuna.trial.Trial, epoch: int, valu
         monitor: the monitored metric, for the reasons.
         max_epochs: the trial's epoch budget.
         exempt: report only, never stop (the base trial).
+        best_so_far: the trial's best objective so far (:data:`ATTR_BEST_SO_FAR`).
     """
+    if best_so_far is not None and math.isfinite(best_so_far):
+        trial.set_user_attr(ATTR_BEST_SO_FAR, best_so_far)
     trial.report(value, epoch)
     if exempt:
         return None

@@ -17,7 +17,7 @@ from optuna.study import StudyDirection
 
 from sweeps.ledger import frozen_trial, trial_id
 from sweeps.metrics import aligned, is_negated, monitor_direction
-from sweeps.pruning import ATTR_MAX_EPOCHS, StagnationPruner
+from sweeps.pruning import ATTR_MAX_EPOCHS, StagnationPruner, judge_epoch
 
 MAX, MIN = StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE
 NAN, INF = math.nan, math.inf
@@ -385,3 +385,22 @@ def test_patience_is_at_least_its_share_of_the_epochs(max_epochs: int | None,
 def test_a_share_outside_zero_to_one_is_refused(share: float) -> None:
     with pytest.raises(ValueError, match="share of the epochs"):
         StagnationPruner(warmup_share=share)
+
+
+@pytest.mark.parametrize(("lead", "expected"), [(0.01, [False] * 4),
+                                                (0.0, [False] * 4),  # a tie leads too
+                                                (-0.01, [False, True, True, True])])
+def test_a_trial_leading_by_the_objective_is_not_pruned_for_its_loss(
+    make_study: Callable[..., optuna.Study], lead: float, expected: list[bool],
+) -> None:
+    """The loss and the objective can disagree: a trial whose F1 so far beats every complete
+    trial's is the model the user came for, whatever its val loss against the median."""
+    study = make_study("maximize", StagnationPruner(patience=2, n_startup_trials=2))
+    complete_good_trials(study, 3)
+    trial = study.ask()
+    decisions = []
+    for step, loss in enumerate(STAGNANT_HIGH):
+        judge_epoch(study, trial, step, aligned(loss, study.direction), [], "val/loss",
+                    best_so_far=study.best_value + lead)
+        decisions.append(trial.should_prune())
+    assert decisions == expected

@@ -78,6 +78,9 @@ class TrialReporter(RankZeroStop):
         reported = aligned(value, self.study.direction, monitor_direction(self.monitor))
         before = [self._values[e] for e in sorted(self._values)]
         self._values[epoch] = reported
+        objective = getattr(trainer.lightning_module, "objective", None)
+        best = trainer.callback_metrics.get(f"{objective}_best")
         stop = judge_epoch(self.study, self.trial, epoch, reported, before, self.monitor,
-                           trainer.max_epochs, self.exempt)
+                           trainer.max_epochs, self.exempt,
+                           None if best is None else float(best))
         return False if stop is None else self._stop(trainer, stop.pruned, stop.reason)
