@@ -44,7 +44,7 @@ ATTR_HEARTBEAT = "heartbeat"
 ATTR_OWNER = "owner"
 ATTR_RUN_ID = "mlflow_run_id"
 ATTR_OVERRIDES = "overrides"
-ATTR_OBJECTIVE = "best_objective"  # also each epoch's best so far (sweeps.pruning)
+ATTR_OBJECTIVE = "best_objective"
 #: Seconds the trial spent in ``trainer.fit``: the rest of its time is plateau's and MLflow's.
 ATTR_FIT_SECONDS = "fit_seconds"
 ATTR_DIAGNOSIS = "diagnosis"

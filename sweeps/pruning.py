@@ -15,8 +15,9 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 #: Trial user attribute: the trial's best objective so far (objective units), updated each
-#: epoch; the final value of a trial that ends (see :mod:`sweeps.ledger`'s ATTR_OBJECTIVE).
-ATTR_BEST_SO_FAR = "best_objective"
+#: epoch; a trial that ends keeps its final value apart (:mod:`sweeps.ledger`'s ATTR_OBJECTIVE),
+#: so an interrupted or failed trial is not taken for one with a result.
+ATTR_BEST_SO_FAR = "objective_so_far"
 #: Trial user attribute: the trial's epoch budget (``trainer.max_epochs``), set before its
 #: first report, for rules that scale with it (:class:`StagnationPruner`'s shares).
 ATTR_MAX_EPOCHS = "max_epochs"
