@@ -15,7 +15,9 @@ to its search range (on a log scale for log params). The table's best, the targe
 all its rows.
 
 Strategies: sampler (random, TPE) x stopping (none, Optuna's median, successive halving,
-hyperband, plateau's rules) x first trials (none; the base; the base and the portfolio).
+hyperband, plateau's rule, and plateau_v1: that rule as first shipped, deciding from the
+first epoch) x first trials (none; the base; the base and the portfolio). Seeds replay side
+by side in ``--jobs`` processes.
 Compute is counted in trial-epochs. Printed per strategy (median over seeds): trial-epochs
 to come within 0.5 points of the table's best, the best at fixed compute, the best after the
 budget, the compute spent, and how often a trial of the table's top-5 configs was stopped
@@ -29,29 +31,30 @@ before its last epoch. The PNG draws best-so-far against trial-epochs (median, q
 from __future__ import annotations
 
 import argparse
+import functools
 import math
-import statistics
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_curves import ROOT, TABLES, compose_config, default_space, recorded  # noqa: E402
+from strategy_results import PLOTTED, WITHIN, Trace, plot, print_table, summarize, verdict  # noqa: E402
 
 from hydra_plugins.plateau_sweeper import plateau_sweeper as plugin  # noqa: E402
 from sweeps import ledger  # noqa: E402
 from sweeps.pruning import ATTR_MAX_EPOCHS, judge_epoch  # noqa: E402
 from sweeps.sweeper.asking import suggest_overrides  # noqa: E402
 from sweeps.sweeper.search_space import SearchSpace  # noqa: E402
-
-WITHIN = 0.005  # half a point of F1
-CHECKPOINTS = (60, 120, 240)  # trial-epochs at which strategies are compared at equal compute
 
 
 @dataclass
@@ -96,8 +99,6 @@ def _pruners(max_epochs: int) -> dict[str, Any]:
         "hyperband": build(plugin.HyperbandPrunerConf, max_resource=max_epochs),
         "plateau_v1": build(plugin.StagnationPrunerConf, warmup_share=0.0, patience_share=0.0),
         "plateau": build(plugin.StagnationPrunerConf),
-        "plateau_late": build(plugin.StagnationPrunerConf, warmup_share=0.5,
-                              patience_share=0.25),
     }
 
 
@@ -106,30 +107,46 @@ def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return instantiate(OmegaConf.merge(OmegaConf.structured(conf), {"seed": seed}))
 
 
-def distance(a: dict[str, Any], b: dict[str, Any], space: SearchSpace) -> float:
-    dists = {**space.distributions, **{k: d for k, (_, _, d) in space.conditional.items()}}
-    total = 0.0
-    for name, dist in dists.items():
-        if (name in a) != (name in b):
-            total += 1.0
-        elif name not in a:
-            continue
-        elif isinstance(dist, optuna.distributions.CategoricalDistribution):
-            total += float(a[name] != b[name])
-        else:
-            scale = math.log if dist.log else float  # type: ignore[attr-defined]
-            span = scale(dist.high) - scale(dist.low)  # type: ignore[attr-defined]
-            total += abs(scale(a[name]) - scale(b[name])) / span
-    return total
+class Nearest:
+    """The table's sampled row nearest to a sampled config. Distance sums, over the searched
+    params, 1 per categorical that differs or param present on one side only, and a number's
+    difference scaled to its search range (log scale for log params)."""
 
+    def __init__(self, rows: list[Config], space: SearchSpace) -> None:
+        self.rows = rows
+        self.dists = {**space.distributions,
+                      **{k: d for k, (_, _, d) in space.conditional.items()}}
+        self.matrix = np.array([self._encode(r.params) for r in rows])
 
-@dataclass
-class Trace:
-    epochs: list[int]  # cumulative trial-epochs after each trial
-    best: list[float]  # best COMPLETE value after each trial
-    top_runs: int  # trials of a top-5 config
-    top_stopped: int  # ... stopped before their last epoch
-    top_lost: int  # ... stopped more than WITHIN below what their last epoch would give
+    def _encode(self, params: dict[str, Any]) -> list[float]:
+        """Per param: its position on a 0-1 scale of its range (log for log params), the
+        index of a categorical's choice, or NaN when absent."""
+        out = []
+        for name, dist in self.dists.items():
+            if name not in params:
+                out.append(math.nan)
+            elif isinstance(dist, optuna.distributions.CategoricalDistribution):
+                out.append(float(dist.to_internal_repr(params[name])))
+            else:
+                scale = math.log if dist.log else float  # type: ignore[attr-defined]
+                low, high = scale(dist.low), scale(dist.high)  # type: ignore[attr-defined]
+                out.append((scale(params[name]) - low) / (high - low))
+        return out
+
+    def __call__(self, params: dict[str, Any]) -> Config:
+        return self.rows[int(np.argmin(self.distances(params)))]
+
+    def distances(self, params: dict[str, Any]) -> np.ndarray:
+        """The distance from ``params`` to every row."""
+        point = np.array(self._encode(params))
+        absent_here, absent_there = np.isnan(point), np.isnan(self.matrix)
+        categorical = np.array([isinstance(d, optuna.distributions.CategoricalDistribution)
+                                for d in self.dists.values()])
+        gap = np.where(categorical, (self.matrix != point).astype(float),
+                       np.abs(self.matrix - point))
+        gap = np.where(absent_here | absent_there, 0.0, gap)
+        gap += (absent_here != absent_there).astype(float)
+        return gap.sum(axis=1)
 
 
 def simulate(table: list[Config], space: SearchSpace, sampler: str, stopping: str, first: str,
@@ -141,16 +158,15 @@ def simulate(table: list[Config], space: SearchSpace, sampler: str, stopping: st
     for role, config in queued.items():
         if first == "portfolio" or (first == "base" and role == ledger.ROLE_BASE):
             ledger.enqueue(study, config.params, role)
-    sampled = [c for c in table if c.role == "sampled"]  # the table's model of the space
+    nearest = Nearest([c for c in table if c.role == "sampled"], space)  # the space's model
     top = sorted(range(len(table)), key=lambda i: -table[i].best)[:5]
-    trace = Trace([], [], 0, 0, 0)
+    trace = Trace([], [], 0, 0, 0, {})
     spent, best = 0, -math.inf
     for _ in range(budget):
         trial = study.ask()
         suggest_overrides(trial, space)
         role = str(trial.user_attrs.get(ledger.ATTR_ROLE, ""))
-        config = queued[role] if role else min(
-            sampled, key=lambda c: distance(trial.params, c.params, space))
+        config = queued[role] if role else nearest(trial.params)
         trial.set_user_attr(ATTR_MAX_EPOCHS, max_epochs)
         reported: list[float] = []
         stop = None
@@ -172,74 +188,12 @@ def simulate(table: list[Config], space: SearchSpace, sampler: str, stopping: st
             trace.top_runs += 1
             trace.top_stopped += len(reported) < max_epochs
             trace.top_lost += value < config.best - WITHIN
+            index = table.index(config)
+            trace.top_kept[index] = trace.top_kept.get(index, False) or (
+                value >= config.best - WITHIN)
         trace.epochs.append(spent)
         trace.best.append(best)
     return trace
-
-
-def best_at(trace: Trace, compute: float) -> float:
-    """The best complete value once ``compute`` trial-epochs are spent (or at the end)."""
-    done = [b for e, b in zip(trace.epochs, trace.best, strict=True) if e <= compute]
-    return done[-1] if done else -math.inf
-
-
-def to_reach(trace: Trace, target: float) -> float:
-    return next((e for e, b in zip(trace.epochs, trace.best, strict=True) if b >= target), math.inf)
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def summarize(name: str, traces: list[Trace], table_best: float) -> dict[str, Any]:
-    reach = [to_reach(t, table_best - WITHIN) for t in traces]
-    runs = sum(t.top_runs for t in traces)
-    return {"strategy": name, "to_within": _median(reach),
-            "reached": sum(math.isfinite(r) for r in reach),
-            **{f"best@{c}": _median([best_at(t, c) for t in traces]) for c in CHECKPOINTS},
-            "best": _median([t.best[-1] for t in traces]),
-            "epochs": _median([t.epochs[-1] for t in traces]),
-            "top5_stopped": sum(t.top_stopped for t in traces) / runs if runs else math.nan,
-            "top5_lost": sum(t.top_lost for t in traces) / runs if runs else math.nan}
-
-
-def print_table(dataset: str, rows: list[dict[str, Any]], table_best: float, seeds: int) -> None:
-    print(f"\n{dataset}: table best {table_best:.4f}; medians over {seeds} seeds")
-    head = ["strategy", "epochs to within 0.5 pt", "reached", *[f"best@{c}" for c in
-            CHECKPOINTS], "best", "epochs", "top-5 stopped", "top-5 lost > 0.5 pt"]
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for r in rows:
-        print(f"| {r['strategy']} | {r['to_within']:.0f} | {r['reached']}/{seeds} | "
-              + " | ".join(f"{r[f'best@{c}']:.4f}" for c in CHECKPOINTS)
-              + f" | {r['best']:.4f} | {r['epochs']:.0f} | {r['top5_stopped']:.0%} | "
-              f"{r['top5_lost']:.0%} |")
-
-
-def plot(dataset: str, curves: dict[str, list[Trace]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, traces in curves.items():
-        grid = list(range(0, max(t.epochs[-1] for t in traces) + 1, 4))
-        values = [[best_at(t, g) for t in traces] for g in grid]
-        quartiles = [statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3 for v in values]
-        keep = [i for i, q in enumerate(quartiles) if math.isfinite(q[0])]
-        xs = [grid[i] for i in keep]
-        ax.plot(xs, [quartiles[i][1] for i in keep], label=name)
-        ax.fill_between(xs, [quartiles[i][0] for i in keep], [quartiles[i][2] for i in keep],
-                        alpha=0.15)
-    ax.set(xlabel="trial-epochs", ylabel="best val F1 so far", title=dataset, xscale="log")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-
-
-PLOTTED = ("random/none/off", "tpe/none/off", "tpe/median/off", "tpe/hyperband/off",
-           "tpe/plateau/portfolio")
 
 
 def main() -> None:
@@ -249,6 +203,8 @@ def main() -> None:
     parser.add_argument("--tables", type=Path, default=TABLES)
     parser.add_argument("--strategies", nargs="*", default=None,
                         help="sampler/stopping/first, e.g. tpe/plateau/portfolio")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(),
+                        help="processes replaying seeds side by side")
     parser.add_argument("--plots", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -256,24 +212,33 @@ def main() -> None:
     names = args.strategies or [f"{s}/{p}/{f}" for s in ("random", "tpe")
                                 for p in _pruners(8) for f in ("off", "base", "portfolio")]
     args.plots.mkdir(parents=True, exist_ok=True)
-    for path in sorted(args.tables.glob("*.jsonl")):
-        table = load(path)
-        table_best = max(c.best for c in table)
-        rows, curves = [], {}
-        for name in names:
-            started = time.perf_counter()
-            sampler, stopping, first = name.split("/")  # stopping may hold "/"-free k=v
-            traces = [simulate(table, space, sampler, stopping, first, seed, args.budget)
-                      for seed in range(args.seeds)]
-            rows.append(summarize(name, traces, table_best))
-            print(f"  {path.stem} {name}: {time.perf_counter() - started:.1f} s",
-                  file=sys.stderr)
-            if name in PLOTTED:
-                curves[name] = traces
-        print_table(f"{path.stem} ({len(table)} configs x {len(table[0].scores)} epochs)",
-                    rows, table_best, args.seeds)
-        if curves:
-            plot(path.stem, curves, args.plots / f"simulator_{path.stem}.png")
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for path in sorted(args.tables.glob("*.jsonl")):
+            replay(path, space, names, args, pool)
+
+
+def replay(path: Path, space: SearchSpace, names: list[str], args: argparse.Namespace,
+           pool: ProcessPoolExecutor) -> None:
+    table = load(path)
+    table_best = max(c.best for c in table)
+    rows, curves = [], {}
+    for name in names:
+        started = time.perf_counter()
+        sampler, stopping, first = name.split("/")  # stopping may hold "/"-free k=v
+        run = functools.partial(simulate, table, space, sampler, stopping, first,
+                                budget=args.budget)
+        traces = list(pool.map(run, range(args.seeds)))
+        rows.append(summarize(name, traces, table_best))
+        print(f"  {path.stem} {name}: {time.perf_counter() - started:.1f} s for "
+              f"{args.seeds} seeds", file=sys.stderr)
+        if name in PLOTTED:
+            curves[name] = traces
+    print_table(f"{path.stem} ({len(table)} configs x {len(table[0].scores)} epochs)",
+                rows, table_best, args.seeds)
+    for line in verdict(rows, args.budget * max(len(c.scores) for c in table)):
+        print(f"  {line}")
+    if curves:
+        plot(path.stem, curves, args.plots / f"simulator_{path.stem}.png")
 
 
 if __name__ == "__main__":
