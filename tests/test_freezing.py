@@ -323,3 +323,21 @@ def test_train_all_trains_every_backbone_parameter() -> None:
     assert trainable_names(backbone) == set(run.backbone)
     assert changed(run.backbone, weights(backbone)) == set(run.backbone)
     assert changed(run.stats, bn_stats(backbone)) == set(run.stats)
+
+
+# --- tensor layout ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "channels_last"), [("test_efficientnet", True),
+                                                     ("test_resnet", False)])
+def test_cpu_fit_runs_channels_last_only_for_backbones_with_depthwise_convolutions(
+        name: str, channels_last: bool) -> None:
+    """Depthwise convolutions train faster on the CPU in NHWC, plain ones do not: an
+    EfficientNet fits in channels-last, a ResNet in the default layout, both still learning."""
+    model = make_classifier(create_backbone(name, pretrained=False))
+    before = weights(model.backbone)
+    fit(model, [TrainAll()])
+    assert model.channels_last is channels_last
+    convs = [m.weight for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) == channels_last
+               for w in convs if w.shape[2:] != (1, 1))  # 1x1 kernels are both layouts
+    assert changed(before, weights(model.backbone)) == set(before)
