@@ -6,7 +6,7 @@ from the exported ``best_trial.yaml``. Prints the single run's value, the sweep'
 and best (the gain over not sweeping), wall times, trial states, epochs run against the
 no-pruning budget, and the re-run / sweep objective ratio.
 
-    python benchmarks/default_sweep.py            # about 9 minutes on 2 CPU cores
+    python benchmarks/default_sweep.py            # about 6-7 minutes on 2 CPU cores
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """CPU training steps with the default (NCHW) tensor layout vs channels-last (NHWC).
 
-plateau trains in channels-last on every device (``ImageClassifier.on_fit_start``). For each
+plateau trains in channels-last on a GPU, and on the CPU only for backbones with depthwise
+convolutions (``ImageClassifier.on_fit_start``): this benchmark is what decided it. For each
 backbone and size: one process, random weights (the compute is the same), batch ``--batch``,
 AdamW, one warm-up step per layout, then ``--steps`` timed training steps, the two layouts
 alternating ``--repeats`` times. Prints the median seconds per step of each and their ratio.
