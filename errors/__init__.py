@@ -18,7 +18,7 @@ from rich.markup import escape
 T = TypeVar("T")
 
 #: plateau's one console for what a person reads (stderr keeps stdout clean for results).
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class PlateauError(Exception):

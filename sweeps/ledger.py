@@ -91,6 +91,11 @@ def trial_id(trial: Trial | FrozenTrial) -> int:
     return int(trial._trial_id)
 
 
+def trial_id_of(study: optuna.Study, number: int) -> int:
+    """The storage's id of trial ``number`` of ``study``."""
+    return int(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+
+
 def frozen_trial(study: optuna.Study, trial_id: int) -> FrozenTrial:
     """``trial_id`` as the storage holds it now (another process may have told it)."""
     return study._storage.get_trial(trial_id)

@@ -10,6 +10,7 @@ the best.
 
 from __future__ import annotations
 
+from omegaconf import DictConfig, open_dict
 from optuna.study import StudyDirection
 
 #: The validation metrics every trial logs each epoch: objective and monitor candidates.
@@ -34,3 +35,32 @@ def aligned(value: float, direction: StudyDirection,
 def is_negated(monitor: str, direction: StudyDirection) -> bool:
     """Whether trials of a ``direction`` study report ``monitor`` negated (:func:`aligned`)."""
     return monitor_direction(monitor) != direction
+
+
+#: lightning-hydra-template's metric names that are not plateau's under another spelling.
+LHT_ALIASES = {"val/f1": "val/f1_macro", "val/accuracy": "val/acc",
+               "val/balanced_accuracy": "val/balanced_acc"}
+
+
+def lht_metric(name: str) -> str:
+    """plateau's metric for a lightning-hydra-template ``optimized_metric``: the ``_best``
+    suffix dropped (a trial's objective is already its best epoch), aliases mapped."""
+    from errors import PlateauError
+
+    base = str(name).removesuffix("_best")
+    base = LHT_ALIASES.get(base, base)
+    if base not in METRICS:
+        raise PlateauError(
+            f"optimized_metric={name} is not a metric plateau logs: use one of "
+            f"{', '.join(METRICS)} (a _best suffix is dropped: val/acc_best optimizes val/acc)")
+    return base
+
+
+def apply_optimized_metric(cfg: DictConfig) -> None:
+    """A lightning-hydra-template ``hparams_search`` file names its objective in the top-level
+    ``optimized_metric``: when the config has one, it sets ``objective.metric``."""
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return
+    with open_dict(cfg):
+        cfg.objective.metric = lht_metric(name)

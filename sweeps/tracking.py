@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sweeps.races import creating_sqlite, retrying, sqlite_file
@@ -49,31 +50,67 @@ def knob_choices(cfg: DictConfig) -> dict[str, str]:
     return found
 
 
-def run_name(choices: dict[str, str]) -> str:
-    """Readable and unique: ``<backbone>-<freeze>-<6 random hex>``.
+def run_name(choices: dict[str, str], tags: dict[str, str] | None = None) -> str:
+    """A name a list of runs can be read by.
 
-    The suffix comes from ``uuid4`` (the OS's randomness), so seeding Python's ``random`` for a
-    reproducible trial does not give every run the same name.
+    A sweep's trial: ``t005 gradual adamw`` (its Optuna trial number, freezing, optimizer),
+    with its role when it has one (``t000 depth adamw (base)``). A single run:
+    ``<backbone>-<freeze>-<6 random hex>``; the suffix comes from ``uuid4`` (the OS's
+    randomness), so seeding Python's ``random`` does not give every run the same name.
     """
+    tags = tags or {}
+    number = tags.get("plateau.trial_number")
+    if number is not None:
+        knobs = " ".join(choices[k] for k in ("freeze", "optimizer") if k in choices)
+        role = tags.get("plateau.role", "").removeprefix("portfolio:")
+        return f"t{int(number):03d} {knobs}".rstrip() + (f" ({role})" if role else "")
     parts = [choices.get("backbone", "trial"), choices.get("freeze", "")]
     return "-".join(p for p in parts if p) + f"-{uuid.uuid4().hex[:6]}"
 
 
-def flatten_config(cfg: DictConfig) -> dict[str, str]:
-    """Every resolved config value under its dotted key, as MLflow param strings."""
-    flat: dict[str, str] = {}
+#: Settings logged as params of every run, beside the knobs' choices and the searched
+#: values: what a user filters and compares runs by. The whole resolved config is the run's
+#: ``config/config.yaml`` artifact.
+RUN_SETTINGS = (
+    "seed", "backbone.pretrained", "trainer.max_epochs", "data.batch_size", "data.image_size", "objective.metric",
+    "optimizer.lr", "lr_schedule.backbone_lr_mult", "regularization.dropout",
+    "regularization.weight_decay", "regularization.label_smoothing",
+    "regularization.drop_path", "freeze.depth",
+)
 
-    def visit(prefix: str, node: Any) -> None:
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                visit(f"{prefix}.{key}" if prefix else str(key), value)
-        elif isinstance(node, str):
-            flat[prefix] = node
-        else:
-            flat[prefix] = json.dumps(node)
 
-    visit("", OmegaConf.to_container(cfg, resolve=True))
-    return flat
+def param_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def run_params(cfg: DictConfig, searched: dict[str, Any] | None = None) -> dict[str, str]:
+    """A run's MLflow params: each knob's choice by name (``freeze=gradual``), the
+    :data:`RUN_SETTINGS` the config has, and the trial's searched values under their own
+    names (which win: they are what the sampler chose)."""
+    params = dict(knob_choices(cfg))
+    for key in RUN_SETTINGS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            params[key] = param_text(value)
+    for key, value in (searched or {}).items():
+        params[key] = param_text(value)
+    return params
+
+
+def experiment_name(cfg: DictConfig) -> str:
+    """The MLflow experiment of this run: a sweep's trials and study run go to the experiment
+    named after the study (``hydra.sweeper.study_name``), so each study lists, sorts and
+    compares on its own (trial numbers restart in every study); single runs, and sweeps
+    without a study name, go to ``logger.experiment_name``."""
+    logger_cfg = mlflow_config(cfg)
+    assert logger_cfg is not None
+    # the sweeper's config holds its hydra node; a job's is in HydraConfig
+    hydra_cfg = cfg.get("hydra") or (HydraConfig.get() if HydraConfig.initialized() else None)
+    if hydra_cfg is not None and hydra_cfg.mode != RunMode.RUN:
+        study = hydra_cfg.sweeper.get("study_name")
+        if study:
+            return str(study)
+    return str(logger_cfg.experiment_name)
 
 
 def mlflow_config(cfg: DictConfig) -> DictConfig | None:
@@ -117,7 +154,7 @@ def tracking_client(cfg: DictConfig) -> tuple[Any, str] | None:
     uri = absolute_tracking_uri(logger_cfg.tracking_uri)
     with creating_sqlite(uri):  # the client creates or migrates a sqlite store's tables
         client = retrying("opening the MLflow store", lambda: MlflowClient(uri))
-    name = logger_cfg.experiment_name
+    name = experiment_name(cfg)
 
     def experiment_id() -> str:  # workers starting together may both create it
         experiment = client.get_experiment_by_name(name)
@@ -138,7 +175,7 @@ def record_failed_run(cfg: DictConfig, tags: dict[str, str], message: str) -> st
         return None
     client, experiment_id = found
     choices = knob_choices(cfg)
-    run = client.create_run(experiment_id, run_name=run_name(choices), tags={
+    run = client.create_run(experiment_id, run_name=run_name(choices, tags), tags={
         **knob_tags(choices), **tags,
         "plateau.state": "FAIL", "plateau.error": message,
     })

@@ -60,7 +60,7 @@ def test_default_run_is_offline_pretrained_and_logged(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("plateau").experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.params["backbone.name"] == "tf_efficientnet_lite0"
+    assert run.data.params["backbone"] == "tf_efficientnet_lite0"
     assert run.data.params["backbone.pretrained"] == "true"
     epochs = int(run.data.params["trainer.max_epochs"])
     history = client.get_metric_history(run.info.run_id, "val/f1_macro")

@@ -45,8 +45,9 @@ class Sweep:
     output: str
 
 
-def run_sweep(*args: str, cwd: Path, timeout: float = 300) -> Sweep:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+def run_sweep(*args: str, cwd: Path, timeout: float = 300,
+              env: dict[str, str] | None = None) -> Sweep:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     with subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), *args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as proc:
@@ -171,7 +172,7 @@ def test_trial_runs_nest_under_one_study_run_tagged_with_their_state(
     assert len(children) == len(runs) - 1 == len(trials) == 2
     trial_of_run = {t.user_attrs["mlflow_run_id"]: t for t in trials}
     assert {c.info.run_id for c in children} == set(trial_of_run)
-    status_of = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+    status_of = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
     for child in children:
         state = trial_of_run[child.info.run_id].state.name
         assert child.data.tags["plateau.state"] == state
@@ -276,7 +277,7 @@ LHT_SEARCH = """
 defaults:
   - override /hydra/sweeper: plateau
 
-optimized_metric: "val/f1_macro_best"
+optimized_metric: "val/acc"
 
 hydra:
   mode: "MULTIRUN"
@@ -305,9 +306,13 @@ def test_lht_hparams_search_file_runs_its_own_search_space(tmp_path: Path) -> No
     assert sweep.returncode == 0, sweep.output[-3000:]
     trials = finished(study_trials(tmp_path))
     assert len(trials) == 3
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for trial in trials:  # the file's params replace the default search space
         assert set(trial.params) == {"optimizer.lr", "data.batch_size",
                                      "regularization.weight_decay"}
+        # optimized_metric: "val/acc" is the objective: each trial's value is its best val/acc
+        history = client.get_metric_history(trial.user_attrs["mlflow_run_id"], "val/acc")
+        assert trial.value == pytest.approx(max(m.value for m in history))
 
 
 # -- the best trial's config ---------------------------------------------------------------

@@ -5,7 +5,7 @@ main process's command line again with Hydra's run directory appended. Under
 ``python sweep.py -m`` that command line is the whole sweep: every rank would start a study
 of its own. While a trial's fit runs, :func:`ranks_rerun_this_job` makes the command line the
 job's own saved config (``<job dir>/.hydra/config.yaml``, which holds every override and the
-``trial_id``), so each extra rank composes exactly this trial. Such a rank
+``trial`` number), so each extra rank composes exactly this trial. Such a rank
 (:func:`ddp_rank` > 0) trains its shard and joins rank zero's stop decision; only rank zero
 reports to the study, logs to MLflow and tells the outcome.
 """

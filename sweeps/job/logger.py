@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from sweeps.tracking import (
     absolute_tracking_uri,
-    flatten_config,
+    experiment_name,
     knob_choices,
     knob_tags,
     mlflow_config,
     run_name,
+    run_params,
 )
+
+
+class EpochMLFlowLogger(MLFlowLogger):
+    """Lightning's MLflow logger with the epoch as every metric's step (plateau logs only
+    per-epoch metrics), so MLflow's charts and Optuna's intermediate values share an x axis:
+    step 0 is the first epoch."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        metrics = dict(metrics)
+        epoch = metrics.pop("epoch", None)
+        super().log_metrics(metrics, step=int(epoch) if epoch is not None else step)
 
 
 def create_logger(cfg: DictConfig, extra_tags: dict[str, str] | None = None
@@ -24,14 +40,22 @@ def create_logger(cfg: DictConfig, extra_tags: dict[str, str] | None = None
     """The MLflow logger of ``cfg.logger`` (None for ``logger=none``), run not yet created.
 
     ``extra_tags`` may hold ``mlflow.parentRunId`` to nest the run under a study's run.
+    Lightning's own MLflow logger becomes :class:`EpochMLFlowLogger`; another ``_target_``
+    is built as given.
     """
     logger_cfg = mlflow_config(cfg)
     if logger_cfg is None:
         return None
     choices = knob_choices(cfg)
     tags = knob_tags(choices) | (extra_tags or {})
-    return instantiate(logger_cfg, tracking_uri=absolute_tracking_uri(logger_cfg.tracking_uri),
-                       run_name=run_name(choices), tags=tags)
+    settings = {"tracking_uri": absolute_tracking_uri(logger_cfg.tracking_uri),
+                "experiment_name": experiment_name(cfg),
+                "run_name": run_name(choices, tags), "tags": tags}
+    if logger_cfg._target_ in ("lightning.pytorch.loggers.MLFlowLogger",
+                               "lightning.pytorch.loggers.mlflow.MLFlowLogger"):
+        given = {str(k): v for k, v in logger_cfg.items() if k != "_target_"}
+        return EpochMLFlowLogger(**(given | settings))
+    return instantiate(logger_cfg, **settings)
 
 
 def has_run(logger: MLFlowLogger | None) -> bool:
@@ -39,9 +63,11 @@ def has_run(logger: MLFlowLogger | None) -> bool:
     return logger is not None and logger._run_id is not None
 
 
-def log_trial_config(logger: MLFlowLogger, cfg: DictConfig) -> None:
-    """Log the flattened config as params and the resolved YAML as ``config/config.yaml``."""
-    logger.log_hyperparams(flatten_config(cfg))
+def log_trial_config(logger: MLFlowLogger, cfg: DictConfig,
+                     searched: dict[str, Any] | None = None) -> None:
+    """Log the run's params (:func:`sweeps.tracking.run_params`) and the whole resolved
+    config as ``config/config.yaml``."""
+    logger.log_hyperparams(run_params(cfg, searched))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
@@ -25,6 +25,7 @@ from lightning_modules.freezing import StageFreezing
 from sweeps import tracking
 from sweeps.job import logger as trial_logger
 from sweeps.job.build import TrialParts, build, build_parts, first_device, resolve_precision
+from sweeps.verbosity import is_quiet
 
 SettingsT = TypeVar("SettingsT")
 
@@ -74,12 +75,13 @@ def preflight_config(cfg: DictConfig) -> PreflightReport:
     """Build the trial ``cfg`` describes (a ``hydra`` node is ignored) and run the preflight."""
     job = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
     with open_dict(job):
-        job["trial_id"] = None
+        job["trial"] = None
     return preflight(job, build_parts(job))
 
 
 def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
-                  tags: dict[str, str] | None = None) -> PreparedTrial:
+                  tags: dict[str, str] | None = None,
+                  searched: dict[str, Any] | None = None) -> PreparedTrial:
     """Build backbone, data, model, logger and trainer from ``cfg``.
 
     Everything that can be wrong with the config or the data is checked before the MLflow
@@ -98,14 +100,16 @@ def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
     model, datamodule = parts.model, parts.datamodule
     curves = CurveRecorder(build_thresholds(cfg))
     logger = trial_logger.create_logger(cfg, tags)
+    quiet = {"enable_progress_bar": False} if is_quiet(cfg, cfg.get("trial") is not None) else {}
     trainer = build(cfg, "trainer", precision=resolve_precision(cfg.trainer),
                     callbacks=[parts.freezing, curves, *callbacks],
                     logger=logger if logger is not None else False,
-                    **_job_root_dir(cfg.trainer))
+                    **_job_root_dir(cfg.trainer), **quiet)
     if logger is not None:
-        trial_logger.log_trial_config(logger, cfg)
-        trainable, total = model.parameter_counts()
-        logger.log_hyperparams({"model.trainable_params": trainable, "model.total_params": total,
+        trial_logger.log_trial_config(logger, cfg, searched)
+        # trainable parameters change during a fit (gradual unfreezing): the metric
+        # model/trainable_params follows them per epoch
+        logger.log_hyperparams({"model.total_params": model.parameter_counts()[1],
                                 "data.num_classes": datamodule.num_classes})
     return PreparedTrial(model, datamodule, trainer, logger, curves)
 

@@ -2,7 +2,7 @@
 
 A job is one of three things: an extra rank of a DDP trial (:func:`run_extra_rank`), a trial
 of a sweep reporting into its live Optuna trial (:func:`sweeps.job.study_trial.run_study_trial`,
-when the sweeper set ``trial_id``), or a single run (:func:`run_single`).
+when the sweeper set ``trial``), or a single run (:func:`run_single`).
 """
 
 from __future__ import annotations
@@ -19,21 +19,26 @@ from sweeps.job.disk import full_disk_line
 from sweeps.job.prepare import prepare_trial
 from sweeps.job.reporter import RankZeroStop
 from sweeps.job.study_trial import run_study_trial
+from sweeps.metrics import apply_optimized_metric
+from sweeps.verbosity import is_quiet, quiet_libraries
 
 
 def run_trial(cfg: DictConfig) -> float:
     """Fine-tune ``cfg.backbone`` on ``cfg.data`` with every knob of ``cfg``; log to MLflow.
 
-    Under ``python sweep.py -m`` (``cfg.trial_id`` set by plateau's sweeper) the trial reports
+    Under ``python sweep.py -m`` (``cfg.trial`` set by plateau's sweeper) the trial reports
     to its Optuna trial and may be pruned; see :mod:`sweeps.job.study_trial`.
 
     Returns:
         The best value over epochs of ``cfg.objective.metric`` (``<metric>_best``).
     """
     keep_freed_memory()  # every process that trains: sweep, launcher's, DDP rank, single run
+    apply_optimized_metric(cfg)
+    if is_quiet(cfg, sweep=cfg.get("trial") is not None):
+        quiet_libraries()  # again in each job: Hydra configures logging anew for every job
     if ddp.ddp_rank() > 0:
         return run_extra_rank(cfg)
-    if cfg.get("trial_id") is not None:
+    if cfg.get("trial") is not None:
         return run_study_trial(cfg)
     return run_single(cfg)
 
@@ -45,7 +50,7 @@ def run_extra_rank(cfg: DictConfig) -> float:
     In a sweep it joins the trial reporter's stop vote, so it ends the fit with rank zero.
     """
     callbacks: list[pl.Callback] = []
-    if cfg.get("trial_id") is not None:
+    if cfg.get("trial") is not None:
         callbacks.append(RankZeroStop())
     ddp.as_extra_rank(cfg)
     prepared = prepare_trial(cfg, callbacks)

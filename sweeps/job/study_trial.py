@@ -1,6 +1,6 @@
 """A job of a sweep: one Hydra job = one Optuna trial, possibly in another process.
 
-The sweeper asks the study for a trial and passes its id as ``trial_id=N``. The job rebuilds
+The sweeper asks the study for a trial and passes its number as ``trial=N``. The job rebuilds
 the live trial from the shared storage (:func:`sweeps.ledger.live_trial`), reports its
 validation loss each epoch (:class:`~sweeps.job.reporter.TrialReporter`), stops when the
 pruner says so, and tells the study how the trial ended. Launchers that run jobs elsewhere
@@ -41,13 +41,13 @@ MAX_CONFUSION_CLASSES = 100
 class _JobTrial:
     """The live trial of this job, with what its failure paths need."""
 
-    def __init__(self, trial_id: int) -> None:
+    def __init__(self, number: int) -> None:
         sweeper = HydraConfig.get().sweeper
         self.study = load_study(job_storage_url(sweeper.storage),
                                 sweeper.study_name or DEFAULT_STUDY_NAME,
                                 pruner=instantiate(sweeper.pruner))
-        self.trial = ledger.live_trial(self.study, trial_id)
-        self.id = trial_id
+        self.id = ledger.trial_id_of(self.study, number)
+        self.trial = ledger.live_trial(self.study, self.id)
         self.sweeper = sweeper
         self.logger: MLFlowLogger | None = None
         self.tags = {"plateau.trial_number": str(self.trial.number),
@@ -64,7 +64,7 @@ class _JobTrial:
 
 
 def run_study_trial(cfg: DictConfig) -> float:
-    """Run the job of trial ``cfg.trial_id`` and tell the study its outcome.
+    """Run the job of trial number ``cfg.trial`` and tell the study its outcome.
 
     On a machine with GPUs the trial first takes a seat on its own GPU
     (:func:`sweeps.devices.trial_gpus`), waiting while parallel trials hold every seat.
@@ -73,7 +73,7 @@ def run_study_trial(cfg: DictConfig) -> float:
     interrupt (Ctrl-C) marks the trial FAIL with ``interrupted`` and propagates.
     """
     with ledger.uninterrupted():
-        job = _JobTrial(int(cfg.trial_id))
+        job = _JobTrial(int(cfg.trial))
         job.trial.set_user_attr(ledger.ATTR_OWNER, ledger.owner_id())
         job.beat()
     reporter = TrialReporter(job.study, job.trial, job.sweeper.monitor)
@@ -105,7 +105,8 @@ def run_study_trial(cfg: DictConfig) -> float:
 
 def _fit(cfg: DictConfig, job: _JobTrial, reporter: TrialReporter) -> PreparedTrial:
     """Build the trial, create its MLflow run and fit; an interrupted fit raises."""
-    prepared = prepare_trial(cfg, callbacks=[reporter], tags=job.tags)
+    prepared = prepare_trial(cfg, callbacks=[reporter], tags=job.tags,
+                             searched=job.trial.params)
     job.logger = prepared.logger
     if job.logger is not None:
         job.trial.set_user_attr(ledger.ATTR_RUN_ID, job.logger.run_id)
@@ -197,6 +198,7 @@ def _tell_outcome(job: _JobTrial, reporter: TrialReporter, model: ImageClassifie
         state = "COMPLETE"
     if logger is not None and math.isfinite(value):
         trial_logger.log_objective(logger, value)
-    trial_logger.end_trial_run(logger, state, tags, None)
+    # a pruned trial's run ends KILLED: the runs table shows it apart from complete ones
+    trial_logger.end_trial_run(logger, state, tags, "KILLED" if state == "PRUNED" else None)
     log.info("trial %d %s, %s_best = %.4f", trial.number, state, model.objective, value)
     return value

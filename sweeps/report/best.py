@@ -32,7 +32,7 @@ def export_best(study: optuna.Study, sweep_dir: str | Path, config: DictConfig,
     composed = loader.load_sweep_config(config, overrides)
     with open_dict(composed):
         del composed["hydra"]
-        composed["trial_id"] = None
+        composed["trial"] = None
     path = out / BEST_CONFIG
     OmegaConf.save(composed, path)
     return path

@@ -41,7 +41,7 @@ def _wait_for_parent(study: optuna.Study) -> str | None:
         time.sleep(0.2)
 
 
-def _name(obj: Any) -> str:
+def class_name(obj: Any) -> str:
     func = getattr(obj, "func", None)  # a partial (grid sampler)
     return type(obj).__name__ if func is None else func.__name__
 
@@ -52,10 +52,12 @@ class StudyRun:
 
     client: Any
     run_id: str | None
+    experiment_id: str | None = None
 
     @classmethod
     def open(cls, cfg: DictConfig, study: optuna.Study, url: str, sampler: Any,
-             pruner: Any, created: bool = True) -> StudyRun:
+             pruner: Any, created: bool = True,
+             params: dict[str, str] | None = None) -> StudyRun:
         """Create the parent run, or reopen the one a previous sweep of this study made.
 
         Workers that start together on one study make one parent run: the worker that
@@ -64,6 +66,9 @@ class StudyRun:
         making their own. A study made otherwise (``optuna.create_study`` to enqueue trials,
         or a sweep with ``logger=none``) has no such mark: its first sweep with MLflow makes
         the parent run after :data:`MARK_WAIT_S`.
+
+        ``params`` (the search space, sampler, pruner, budget) are logged when the run is
+        made: MLflow params cannot change, so a resumed sweep keeps the first sweep's.
         """
         if tracking.mlflow_config(cfg) is None:
             return cls(None, None)
@@ -80,13 +85,17 @@ class StudyRun:
             run = client.create_run(experiment_id, run_name=f"study-{study.study_name}", tags={
                 "plateau.study": study.study_name,
                 "plateau.storage": mask_password(url),
-                "plateau.sampler": _name(sampler),
-                "plateau.pruner": _name(pruner),
+                "plateau.sampler": class_name(sampler),
+                "plateau.pruner": class_name(pruner),
                 "plateau.direction": study.direction.name.lower(),
             })
             run_id = run.info.run_id
+            if params:
+                from mlflow.entities import Param
+
+                client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
             study.set_user_attr(tracking.STUDY_RUN_ATTR, run_id)
-        return cls(client, run_id)
+        return cls(client, run_id, experiment_id)
 
     def end_child(self, trial: FrozenTrial, status: str) -> None:
         """Terminate the run of a trial the sweep found dead, so it is not left RUNNING."""
@@ -118,4 +127,36 @@ class StudyRun:
                 self.client.log_metric(self.run_id, "base_value", float(base.value))
                 self.client.log_metric(self.run_id, "gain_over_base",
                                        sign * (float(best.values[0]) - base.value))
+        self.client.set_tag(self.run_id, "mlflow.note.content", self.description(study))
         self.client.set_terminated(self.run_id, status=status)
+
+    def _link(self, trial: FrozenTrial) -> str:
+        """``trial 5`` as a link to its run in the MLflow UI, when it has one."""
+        run_id = trial.user_attrs.get(ledger.ATTR_RUN_ID)
+        if not run_id or self.experiment_id is None:
+            return f"trial {trial.number}"
+        return f"[trial {trial.number}](#/experiments/{self.experiment_id}/runs/{run_id})"
+
+    def description(self, study: optuna.Study) -> str:
+        """The run's description (Markdown, shown on its page): best value and trial with a
+        link to its run, the gain over the base trial, the counts by state."""
+        trials = study.get_trials(deepcopy=False)
+        counts = Counter(t.state.name for t in trials if ledger.is_finished(t))
+        lines = [f"**Study {study.study_name}**: "
+                 + ", ".join(f"{counts.get(s, 0)} {s.lower()}"
+                             for s in ("COMPLETE", "PRUNED", "FAIL")) + "."]
+        completed = [t for t in trials if t.state == TrialState.COMPLETE]
+        if not completed:
+            return "\n\n".join([*lines, "No trial completed."])
+        best = study.best_trial
+        lines.append(f"Best: **{float(best.values[0]):.4f}**, {self._link(best)}.")
+        base = base_trial(completed)
+        if base is not None and base.value is not None:
+            sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+            gain = sign * (float(best.values[0]) - base.value)
+            lines.append(f"Gain over the base config ({self._link(base)}, {base.value:.4f}): "
+                         f"**{gain:+.4f}**.")
+        lines.append("Pruned trials have the run status KILLED; their value is their best "
+                     "objective before they were stopped. The study report is in this run's "
+                     "artifacts (report/).")
+        return "\n\n".join(lines)

@@ -70,6 +70,29 @@ def print_end(study: optuna.Study, trials: list[FrozenTrial], seconds: float,
                       f"--config-name={best_config.stem}")
 
 
+def viewer_commands(tracking_uri: str | None, storage_url: str) -> list[str]:
+    """The commands that open the MLflow UI and optuna-dashboard on what the sweep wrote,
+    bound to 127.0.0.1 (``storage_url`` with its password masked, as everywhere)."""
+    commands = []
+    if tracking_uri is not None:
+        if tracking_uri.startswith(("http://", "https://", "databricks")):
+            commands.append(f"MLflow: open {tracking_uri}")
+        else:
+            commands.append(f"mlflow ui --backend-store-uri {tracking_uri} "
+                            "--host 127.0.0.1 --port 5000")
+    commands.append(f"optuna-dashboard {storage_url} --host 127.0.0.1 --port 8080")
+    return commands
+
+
+def print_viewers(tracking_uri: str | None, storage_url: str) -> None:
+    """How to look at the runs, one command per line (never wrapped: they copy-paste)."""
+    console.print("look at the trials:")
+    for command in viewer_commands(tracking_uri, storage_url):
+        console.print(f"  {command}")
+    if "***" in storage_url:
+        console.print("  (set PGPASSWORD, or put the password back in for ***)")
+
+
 def print_summary(report: StudyReport) -> None:
     """Three lines: where the report is, the most important knobs, the dominant failure."""
     where = f"study report: {report.folder / files.REPORT_MD if report.folder else '-'}"

@@ -18,16 +18,18 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial
 
 from errors import PlateauError, console
-from sweeps import ledger, tracking
+from sweeps import ledger, tracking, verbosity
 from sweeps.job import allocator
+from sweeps.metrics import apply_optimized_metric
 from sweeps.report import best, terminal
 from sweeps.report.study_run import StudyRun
 from sweeps.storage import hide_storage_password, mask_password, resolve_storage_url
 from sweeps.sweeper import closing, first_trials, settings
 from sweeps.sweeper.asking import Asker, Deadline, FailureRate
+from sweeps.sweeper.progress import Progress
 from sweeps.sweeper.search_space import parse_search_space
 from sweeps.sweeper.slots import Slots
-from sweeps.sweeper.study import create_study, recover_stale
+from sweeps.sweeper.study import create_study, label_for_viewers, recover_stale
 
 
 class StudySweeper:
@@ -48,6 +50,9 @@ class StudySweeper:
 
     def _check(self) -> None:
         """Every mistake that can be found before a study or MLflow run exists."""
+        apply_optimized_metric(self.config)
+        if verbosity.is_quiet(self.config, sweep=True):
+            verbosity.quiet_libraries()
         self.settings.check()
         settings.check_launcher(self.launcher, self.config)
         settings.check_objective(self.config, self.settings.direction)
@@ -68,11 +73,15 @@ class StudySweeper:
         if created:  # once per study: not on resume, not by a second worker
             first_trials.enqueue(study, self.config, space, s.base_trial, portfolio,
                                  s.n_trials)
+        if "objective" not in study.user_attrs:  # a study made by the sweep, or by hand
+            label_for_viewers(study, str(self.config.objective.metric), s.monitor)
         hide_storage_password(self.config, url)
+        self.url = url
         if study.trials or not created:
             # resumed, or another worker's study: do not replay the same seeded draws
             study.sampler.reseed_rng()
-        run = StudyRun.open(self.config, study, url, s.sampler, s.pruner, created)
+        run = StudyRun.open(self.config, study, url, s.sampler, s.pruner, created,
+                            s.mlflow_params(space, str(self.config.objective.metric)))
         console.print(f"study '{s.study_name}' in {mask_password(url)}: budget "
                       f"{s.n_trials} finished trials, "
                       f"{sum(map(ledger.is_finished, study.trials))} done")
@@ -84,7 +93,8 @@ class StudySweeper:
 
     def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
         study, run, asker = self._open(arguments)
-        slots = Slots(study, asker, self.launcher, self.settings.n_jobs)
+        slots = Slots(study, asker, self.launcher, self.settings.n_jobs,
+                      Progress(study, self.settings.n_trials, self.started))
         status = "FINISHED"
         trials: list[FrozenTrial] = []
         try:
@@ -121,4 +131,10 @@ class StudySweeper:
             terminal.print_end(study, trials, time.time() - self.started, path)
         if written is not None:
             terminal.print_summary(written)
+        if ended:
+            logger_cfg = tracking.mlflow_config(self.config)
+            terminal.print_viewers(
+                None if logger_cfg is None
+                else tracking.absolute_tracking_uri(logger_cfg.tracking_uri),
+                mask_password(self.url))
         return trials

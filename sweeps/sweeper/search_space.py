@@ -56,6 +56,27 @@ class SearchSpace:
     def names(self) -> list[str]:
         return [*self.distributions, *self.conditional]
 
+    def described(self) -> dict[str, str]:
+        """Each param in the sweep grammar (``tag(log, interval(0.0001, 0.03))``), fixed ones
+        by value, conditional ones with their condition (``range(0, 6) if freeze=depth``)."""
+        found = {name: describe(dist) for name, dist in self.distributions.items()}
+        for name, (key, value, dist) in self.conditional.items():
+            found[name] = f"{describe(dist)} if {key}={value}"
+        return found | dict(self.fixed)
+
+
+def describe(dist: BaseDistribution) -> str:
+    """An Optuna distribution in the grammar it was written in."""
+    if isinstance(dist, CategoricalDistribution):
+        return f"choice({', '.join(map(str, dist.choices))})"
+    assert isinstance(dist, (IntDistribution, FloatDistribution))
+    if dist.step is not None and not dist.log:
+        if isinstance(dist, IntDistribution) and dist.step == 1:
+            return f"range({dist.low}, {dist.high + 1})"
+        return f"range({dist.low}, {dist.high + dist.step}, step={dist.step})"
+    text = f"interval({dist.low}, {dist.high})"
+    return f"tag(log, {text})" if dist.log else text
+
 
 def _choice_values(override: Override) -> list[Any]:
     values = []

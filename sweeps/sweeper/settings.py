@@ -19,7 +19,9 @@ from optuna.trial import Trial
 from errors import PlateauError, console
 from sweeps import devices
 from sweeps.metrics import DIRECTIONS, METRICS
+from sweeps.report.study_run import class_name
 from sweeps.storage import DEFAULT_STUDY_NAME
+from sweeps.sweeper.search_space import SearchSpace
 
 
 def _plain(node: DictConfig | None) -> dict[str, Any]:
@@ -61,6 +63,19 @@ class SweepSettings:
     params: dict[str, Any] = field(default_factory=dict)
     conditional: dict[str, Any] = field(default_factory=dict)
     custom_search_space: Callable[[DictConfig, Trial], None] | None = None
+
+    def mlflow_params(self, space: SearchSpace, metric: str) -> dict[str, str]:
+        """The study run's params: the search space in the sweep grammar (``space.<name>``),
+        sampler, pruner, objective and budget."""
+        params = {f"space.{name}": text for name, text in space.described().items()}
+        params |= {
+            "sampler": class_name(self.sampler), "pruner": class_name(self.pruner),
+            "objective": metric, "direction": self.direction, "monitor": self.monitor,
+            "n_trials": str(self.n_trials), "timeout": str(self.timeout),
+            "base_trial": str(self.base_trial).lower(),
+            "portfolio": ", ".join(self.portfolio) or "none",
+        }
+        return params
 
     @classmethod
     def from_plugin(cls, *, params: DictConfig | None, conditional_params: DictConfig | None,

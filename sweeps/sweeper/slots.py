@@ -18,6 +18,7 @@ from optuna.trial import Trial, TrialState
 from errors import PlateauError, error_line, one_line
 from sweeps import ledger
 from sweeps.sweeper.asking import Asker
+from sweeps.sweeper.progress import Progress
 from sweeps.sweeper.settings import in_process
 
 
@@ -25,7 +26,7 @@ class Slots:
     """Runs the asked trials of ``study`` as Hydra jobs, ``n_jobs`` at a time."""
 
     def __init__(self, study: optuna.Study, asker: Asker, launcher: Launcher,
-                 n_jobs: int) -> None:
+                 n_jobs: int, progress: Progress | None = None) -> None:
         self._study = study
         self._asker = asker
         self._launcher = launcher
@@ -35,9 +36,19 @@ class Slots:
         self.in_flight: set[int] = set()
         #: numbers of the trials this worker ran
         self.launched: set[int] = set()
+        #: numbers of the trials running in this worker now (for the progress display)
+        self.running: set[int] = set()
+        self._progress = progress
 
     def run(self) -> None:
         """Run trials until the budget is claimed; the first error of a slot stops all."""
+        if self._progress is None:
+            self._run()
+            return
+        with self._progress.live(self.running):
+            self._run()
+
+    def _run(self) -> None:
         if self._slots == 1:
             while self._run_next():
                 pass
@@ -73,10 +84,11 @@ class Slots:
             trial_id = ledger.trial_id(trial)
             self.in_flight.add(trial_id)
             self.launched.add(trial.number)
+            self.running.add(trial.number)
         try:
             try:
                 # job number = trial number: unique among workers sharing the sweep folder
-                (result,) = self._launcher.launch([(*overrides, f"trial_id={trial_id}")],
+                (result,) = self._launcher.launch([(*overrides, f"trial={trial.number}")],
                                                   initial_job_idx=trial.number)
             except Exception as err:  # the launcher itself failed: no job ran
                 # not the trial's fault: queued again for the next sweep, not counted
@@ -90,6 +102,9 @@ class Slots:
         finally:
             with self._lock:
                 self.in_flight.discard(trial_id)
+                self.running.discard(trial.number)
+        if self._progress is not None:
+            self._progress.finished(trial.number)
         return True
 
     def _settle(self, trial: Trial, result: Any) -> None:

@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import time
+import warnings
 from collections.abc import Collection
 
 import optuna
@@ -15,6 +16,7 @@ from optuna.trial import TrialState
 
 from errors import PlateauError, one_line
 from sweeps import ledger
+from sweeps.metrics import is_negated
 from sweeps.report.study_run import StudyRun
 from sweeps.storage import mask_password, open_storage
 from sweeps.sweeper.search_space import SearchSpace, grid_choices
@@ -56,6 +58,29 @@ def create_study(settings: SweepSettings, space: SearchSpace,
         first = one_line(_SQLALCHEMY_LINK.sub("", mask_password(str(err))), 200)
         raise PlateauError(f"cannot open the study storage {mask_password(url)} ({first}); "
                            "check hydra.sweeper.storage and that its server runs") from err
+
+
+def label_for_viewers(study: optuna.Study, metric: str, monitor: str) -> None:
+    """Say what the study's numbers are, for optuna-dashboard and any tool reading the study:
+    the objective's name, and what the intermediate values hold (the user attributes
+    ``objective`` and ``intermediate_values``, and the dashboard's note)."""
+    negated = is_negated(monitor, study.direction)
+    steps = (f"{monitor} after each epoch (step 0 is the first epoch)"
+             + (", negated so that higher is better like the objective: every pruner then "
+                "compares the right way" if negated else ""))
+    study.set_user_attr("objective", metric)
+    study.set_user_attr("intermediate_values", steps)
+    note = (f"Objective: the best {metric} over a trial's epochs ({study.direction.name.lower()})."
+            f" A pruned or early-stopped trial's value is its best {metric} before it stopped."
+            f"\n\nIntermediate values: {steps}.")
+    try:
+        import optuna_dashboard
+    except ImportError:  # the dashboard is optional to the sweep itself
+        return
+    with warnings.catch_warnings():  # Optuna marks metric names experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna_dashboard.set_objective_names(study, [metric])
+    optuna_dashboard.save_note(study, note)
 
 
 def recover_stale(study: optuna.Study, run: StudyRun, heartbeat_timeout_s: float,
