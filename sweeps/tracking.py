@@ -72,7 +72,8 @@ def run_name(choices: dict[str, str], tags: dict[str, str] | None = None) -> str
 #: values: what a user filters and compares runs by. The whole resolved config is the run's
 #: ``config/config.yaml`` artifact.
 RUN_SETTINGS = (
-    "seed", "backbone.pretrained", "trainer.max_epochs", "data.batch_size", "data.image_size", "objective.metric",
+    "seed", "backbone.pretrained", "trainer.max_epochs", "data.batch_size", "data.image_size",
+    "objective.metric",
     "optimizer.lr", "lr_schedule.backbone_lr_mult", "regularization.dropout",
     "regularization.weight_decay", "regularization.label_smoothing",
     "regularization.drop_path", "freeze.depth",

@@ -127,6 +127,46 @@ def test_report_folder_holds_every_plot_and_the_markdown_linking_them(
     assert "| no_progress | 2 |" in text
 
 
+def test_html_report_is_one_page_with_its_plots_inlined(study: optuna.Study,
+                                                         tmp_path: Path) -> None:
+    folder = publish.publish(study, tmp_path / "report").folder
+    assert folder is not None
+    page = (folder / report_files.REPORT_HTML).read_text()
+    assert page.count('src="data:image/png;base64,') == len(PLOTS)
+    assert ".png\"" not in page  # no link to a file beside it: MLflow shows the page alone
+    assert "<td><code>head_only</code></td>" in page  # Markdown tables became HTML tables
+    assert "<h2>Learning curves</h2>" in page
+
+
+def test_importances_from_fewer_complete_trials_than_knobs_carry_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = publish.publish(make_study(tmp_path, [TRIALS[0], TRIALS[2], TRIALS[3]]),
+                             tmp_path / "report")
+    assert report.importances  # computed, but from 2 complete trials for 3 knobs
+    assert report.importance_warning.startswith("2 complete trials for 3 searched knobs")
+    assert report.folder is not None
+    assert f"**Warning: {report.importance_warning}.**" in (
+        report.folder / report_files.REPORT_MD).read_text()
+    terminal.print_summary(report)
+    assert "warning: 2 complete trials for 3 searched knobs" in capsys.readouterr().err
+    (tmp_path / "all").mkdir()
+    assert model.build(make_study(tmp_path / "all")).importance_warning == ""  # 4 for 3
+
+
+def test_learning_curves_show_the_monitored_metric_in_its_own_units(
+        study: optuna.Study) -> None:
+    report = model.build(study)  # maximized: trials reported -val/loss
+    trial = next(t for t in report.trials if len(t.intermediate_values) == 3)
+    assert report_files.monitored(report, trial) == ([0, 1, 2], pytest.approx([1.0, 0.9, 0.8]))
+
+
+def test_one_diverged_epoch_does_not_set_the_curves_range() -> None:
+    losses = [2.0, 1.5, 1.2, 1.0, 0.9, 1.8, 1.1, 0.7, 0.6, 31.0]
+    low, high, outside = report_files.robust_range(losses)
+    assert outside == 1
+    assert low < 0.6 and 2.0 < high < 10.0
+
+
 @pytest.mark.parametrize("complete", [0, 1])
 def test_report_with_fewer_than_two_complete_trials_says_why_importances_are_missing(
         tmp_path: Path, complete: int, capsys: pytest.CaptureFixture[str]) -> None:
@@ -178,7 +218,8 @@ def test_publish_logs_the_report_to_the_parent_run_and_tags_it(
     run_id = client.create_run(experiment).info.run_id
     report = publish.publish(study, tmp_path / "report", client, run_id)
     assert report.run_id == run_id
-    assert artifacts(client, run_id) == {*PLOTS, report_files.REPORT_MD}
+    assert artifacts(client, run_id) == {*PLOTS, report_files.REPORT_MD,
+                                         report_files.REPORT_HTML}
     tags = client.get_run(run_id).data.tags
     assert tags["plateau.dominant_failure"] == "no_progress"
     assert tags["plateau.top_knobs"].split(",") == report.top_knobs

@@ -200,3 +200,11 @@ def test_unknown_optimized_metric_is_one_line_naming_the_metrics(tmp_path: Path)
         "plateau: error: optimized_metric=val/mAP is not a metric plateau logs: use one of "
         "val/loss, val/acc, val/balanced_acc, val/f1_macro (a _best suffix is dropped: "
         "val/acc_best optimizes val/acc)"]
+
+
+def test_verbose_must_be_null_true_or_false(tmp_path: Path) -> None:
+    done = run_sweep(*TINY, "verbose=loud", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.output.strip().splitlines() == [
+        "plateau: error: verbose=loud is not one of null, true, false: give verbose=true to see "
+        "what Lightning, Hydra and the libraries print"]

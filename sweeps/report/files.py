@@ -7,15 +7,19 @@ A plot with nothing to show is not written; ``report.md`` says why its section i
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
+import markdown
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from doctor.diagnosis import LABELS
 from sweeps.metrics import is_negated
@@ -26,6 +30,9 @@ log = logging.getLogger(__name__)
 #: The report's folder in the sweep directory, and its artifact path in the parent run.
 REPORT_DIR = "report"
 REPORT_MD = "report.md"
+#: The same report as one self-contained page (plots inlined): MLflow's artifact view renders
+#: HTML with its images, while it shows Markdown as plain text.
+REPORT_HTML = "report.html"
 IMPORTANCES = "importances.png"
 BY_CHOICE = "objective_by_choice.png"
 CURVES = "learning_curves.png"
@@ -74,24 +81,62 @@ def plot_by_choice(report: StudyReport, path: Path) -> bool:
     return True
 
 
+def monitored(report: StudyReport, trial: FrozenTrial) -> tuple[list[int], list[float]]:
+    """The epochs and the monitored metric of ``trial`` in its own units (trials report it
+    negated when it improves the other way than the objective, :mod:`sweeps.metrics`)."""
+    sign = -1.0 if is_negated(report.monitor, report.direction) else 1.0
+    steps = sorted(trial.intermediate_values)
+    return steps, [sign * trial.intermediate_values[s] for s in steps]
+
+
+def robust_range(values: list[float]) -> tuple[float, float, int]:
+    """A y-range holding the bulk of ``values``: the quartiles widened by three
+    interquartile ranges (never past the data). Returns it and how many values fall outside,
+    so one diverged epoch does not squash every other curve into a line."""
+    q1, q3 = (float(q) for q in np.percentile(values, [25, 75]))
+    spread = max(q3 - q1, 1e-9)
+    low, high = max(min(values), q1 - 3 * spread), min(max(values), q3 + 3 * spread)
+    outside = sum(v < low or v > high for v in values)
+    margin = 0.05 * max(high - low, 1e-9)
+    return low - margin, high + margin, outside
+
+
+#: Beyond this many trials the curves' legend names states, not trials.
+LEGEND_TRIALS = 12
+
+
 def plot_curves(report: StudyReport, path: Path) -> bool:
-    """The value each complete or pruned trial reported per epoch (the pruner's view)."""
+    """The monitored metric of each complete or pruned trial per epoch (the pruner's view),
+    in the metric's own units, each line labelled by its trial."""
     shown = [t for t in report.trials if t.state in STATE_COLORS and t.intermediate_values]
     if not shown:
         return False
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
+    values: list[float] = []
     for trial in shown:
-        steps = sorted(trial.intermediate_values)
+        steps, ys = monitored(report, trial)
+        values += ys
         best = report.best is not None and trial.number == report.best.number
-        ax.plot(steps, [trial.intermediate_values[s] for s in steps], marker=".",
-                color=STATE_COLORS[trial.state], alpha=0.9 if best else 0.5,
-                linewidth=2.5 if best else 1.0)
-    ax.legend([Line2D([], [], color=c) for c in STATE_COLORS.values()],
-              [s.name.lower() for s in STATE_COLORS])
+        line, = ax.plot(steps, ys, marker=".", color=STATE_COLORS[trial.state],
+                        alpha=0.9 if best else 0.5, linewidth=2.5 if best else 1.0,
+                        label=f"trial {trial.number}{' (best)' if best else ''}, "
+                              f"{trial.state.name.lower()}")
+        if len(shown) <= LEGEND_TRIALS:  # the trial number at the line's end
+            ax.annotate(str(trial.number), (steps[-1], ys[-1]), fontsize=7,
+                        color=line.get_color(), xytext=(3, 0), textcoords="offset points")
+    low, high, outside = robust_range(values)
+    ax.set_ylim(low, high)
+    if len(shown) <= LEGEND_TRIALS:
+        ax.legend(fontsize="small", ncol=2)
+    else:
+        ax.legend([Line2D([], [], color=c) for c in STATE_COLORS.values()],
+                  [s.name.lower() for s in STATE_COLORS])
+    if outside:
+        ax.set_title(f"{outside} value(s) outside this range not shown", fontsize=9)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(monitor_label(report))
+    ax.set_xlabel("epoch (0 is the first)")
+    ax.set_ylabel(report.monitor)
     _save(fig, path)
     return True
 
@@ -123,13 +168,6 @@ def plot_recall(report: StudyReport, path: Path) -> bool:
     ax.set_title(f"trial {report.best.number}: last validation epoch")
     _save(fig, path)
     return True
-
-
-def monitor_label(report: StudyReport) -> str:
-    """``monitor`` as trials reported it: negated when it gets better the other way than the
-    study's objective (see :mod:`sweeps.metrics`)."""
-    return f"-{report.monitor}" if is_negated(report.monitor, report.direction) \
-        else report.monitor
 
 
 def diagnosis_order(report: StudyReport) -> list[str]:
@@ -170,6 +208,8 @@ def _sections(report: StudyReport, written: dict[str, bool]) -> list[str]:
     lines = ["## Knob importances", "",
              f"fANOVA importance of each knob for `{report.objective}` over the complete "
              "trials (normalized to sum to 1).", ""]
+    if report.importance_warning:
+        lines += [f"**Warning: {report.importance_warning}.**", ""]
     lines += _image(written, IMPORTANCES, "knob importances")
     lines += _table(["knob", "importance"], [[f"`{k}`", f"{v:.3f}"]
                                              for k, v in report.importances.items()])
@@ -186,9 +226,9 @@ def _sections(report: StudyReport, written: dict[str, bool]) -> list[str]:
               str(r.pruned), str(r.failed)] for r in rows])
     if not report.choices:
         lines += ["_No categorical knob was searched._", ""]
-    lines += ["## Learning curves", "", f"`{monitor_label(report)}` as each trial reported "
-              "it to the pruner per epoch: complete trials blue, pruned orange, the best "
-              "trial bold.", ""]
+    lines += ["## Learning curves", "", f"`{report.monitor}` of each trial per epoch, the "
+              "value the pruner judged (in its own units): complete trials blue, pruned "
+              "orange, the best trial bold, each line ending in its trial number.", ""]
     lines += _image(written, CURVES, "learning curves") or ["_No trial reported a value._", ""]
     return lines
 
@@ -212,6 +252,26 @@ def _diagnosis_sections(report: StudyReport, written: dict[str, bool]) -> list[s
     return lines
 
 
+PAGE_STYLE = ("body{font-family:sans-serif;max-width:60em;margin:1em auto;padding:0 1em}"
+              "table{border-collapse:collapse;margin:.5em 0}"
+              "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}"
+              "img{max-width:100%}")
+
+
+def as_html(text: str, folder: Path, title: str) -> str:
+    """``report.md`` as one HTML page, its PNGs inlined as data URIs (an artifact viewer
+    shows the page alone, without the files beside it)."""
+    body = markdown.markdown(text, extensions=["tables"])
+
+    def inline(match: re.Match[str]) -> str:
+        data = base64.b64encode((folder / match.group(1)).read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([\w.-]+\.png)"', inline, body)
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Study report: "
+            f"{title}</title><style>{PAGE_STYLE}</style></head><body>{body}</body></html>\n")
+
+
 PLOTS: dict[str, Callable[[StudyReport, Path], bool]] = {
     IMPORTANCES: plot_importances, BY_CHOICE: plot_by_choice, CURVES: plot_curves,
     DIAGNOSES: plot_diagnoses, RECALL: plot_recall,
@@ -226,6 +286,8 @@ def write(report: StudyReport, folder: Path) -> Path:
         (folder / name).unlink(missing_ok=True)
         written[name] = plot(report, folder / name)
     lines = _overview(report) + _sections(report, written) + _diagnosis_sections(report, written)
-    (folder / REPORT_MD).write_text("\n".join(lines).rstrip() + "\n")
+    text = "\n".join(lines).rstrip() + "\n"
+    (folder / REPORT_MD).write_text(text)
+    (folder / REPORT_HTML).write_text(as_html(text, folder, report.study_name))
     log.info("study report written to %s", folder)
     return folder

@@ -74,6 +74,8 @@ class StudyReport:
     best: FrozenTrial | None
     recall: list[ClassRecall]
     recall_note: str
+    #: set when the importances rest on fewer complete trials than searched knobs
+    importance_warning: str = ""
     folder: Path | None = field(default=None, compare=False)
     run_id: str | None = field(default=None, compare=False)
 
@@ -147,6 +149,18 @@ def importances(study: optuna.Study, complete: list[FrozenTrial]) -> tuple[dict[
     return dict(sorted(found.items(), key=lambda item: -item[1])), note
 
 
+def importance_warning(found: dict[str, float], complete: list[FrozenTrial],
+                       trials: list[FrozenTrial]) -> str:
+    """Why a ranking of knobs should not be trusted: fewer complete trials than the study
+    searched knobs (a forest fit on them ranks noise). Empty when there is no ranking."""
+    searched = {name for t in trials for name in t.params}
+    if not found or len(complete) >= len(searched):
+        return ""
+    return (f"{len(complete)} complete trials for {len(searched)} searched knobs are too few "
+            "to rank the knobs: read the importances as a hint, and run more trials "
+            "(hydra.sweeper.n_trials) before trusting them")
+
+
 def _categorical(trials: list[FrozenTrial]) -> dict[str, CategoricalDistribution]:
     found: dict[str, CategoricalDistribution] = {}
     for trial in trials:
@@ -204,4 +218,4 @@ def build(study: optuna.Study, objective: str = "objective",
     maximize = study.direction == StudyDirection.MAXIMIZE
     return StudyReport(study.study_name, study.direction, objective, monitor, trials, found,
                        note, choice_stats(trials, maximize), diagnoses, best, recall,
-                       recall_note)
+                       recall_note, importance_warning(found, complete, trials))

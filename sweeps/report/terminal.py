@@ -109,4 +109,6 @@ def print_summary(report: StudyReport) -> None:
     console.print(where, soft_wrap=True)
     console.print(f"most important knobs: {knobs or 'not computed: ' + report.importance_note}",
                   soft_wrap=True)
+    if report.importance_warning:
+        console.print(f"[yellow]warning: {report.importance_warning}[/]")
     console.print(f"dominant failure mode: {failure}", soft_wrap=True)
