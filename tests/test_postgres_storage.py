@@ -40,8 +40,8 @@ def test_sweep_on_postgres_keeps_the_password_out_of_output_and_mlflow(
     assert PASSWORD not in result.stdout + result.stderr
     assert "plateau:***@127.0.0.1" in result.stdout + result.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("plateau").experiment_id])
-    assert len(runs) == 3  # the study's run and two trials
+    runs = client.search_runs([client.get_experiment_by_name(study_name).experiment_id])
+    assert len(runs) == 3  # the study's run and two trials, in the study's experiment
     for run in runs:
         values = [*run.data.params.values(), *run.data.tags.values()]
         assert not any(PASSWORD in str(v) for v in values), run.info.run_name
