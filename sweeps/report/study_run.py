@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from errors import one_line
 from sweeps import ledger, tracking
 from sweeps.report.model import base_trial
 from sweeps.storage import mask_password
@@ -44,6 +45,17 @@ def _wait_for_parent(study: optuna.Study) -> str | None:
 def class_name(obj: Any) -> str:
     func = getattr(obj, "func", None)  # a partial (grid sampler)
     return type(obj).__name__ if func is None else func.__name__
+
+
+def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
+    """Log the study run's params; a name or value MLflow refuses costs a warning, never the
+    sweep (the params describe the study, the study itself is in its storage)."""
+    from mlflow.entities import Param
+
+    try:
+        client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+    except Exception as err:
+        log.warning("study run params not logged: %s", one_line(err, 200))
 
 
 @dataclass
@@ -91,9 +103,7 @@ class StudyRun:
             })
             run_id = run.info.run_id
             if params:
-                from mlflow.entities import Param
-
-                client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+                _log_params(client, run_id, params)
             study.set_user_attr(tracking.STUDY_RUN_ATTR, run_id)
         return cls(client, run_id, experiment_id)
 

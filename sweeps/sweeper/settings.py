@@ -67,7 +67,9 @@ class SweepSettings:
     def mlflow_params(self, space: SearchSpace, metric: str) -> dict[str, str]:
         """The study run's params: the search space in the sweep grammar (``space.<name>``),
         sampler, pruner, objective and budget."""
-        params = {f"space.{name}": text for name, text in space.described().items()}
+        # a fixed override's key may carry Hydra's +, ++ or ~: MLflow names take no such sign
+        params = {f"space.{name.lstrip('+~')}": text
+                  for name, text in space.described().items()}
         params |= {
             "sampler": class_name(self.sampler), "pruner": class_name(self.pruner),
             "objective": metric, "direction": self.direction, "monitor": self.monitor,
