@@ -44,7 +44,8 @@ def test_ddp_trials_report_once_and_stop_together(tmp_path: Path, storage: str) 
                       f"trainer.max_epochs={EPOCHS}", "trainer.deterministic=true",
                       f"hydra.sweeper.storage={url}", "hydra.sweeper.n_trials=2",
                       "hydra.sweeper.pruner.patience=1", "hydra.sweeper.pruner.n_startup_trials=1",
-                      cwd=tmp_path)
+                      # Lightning's info lines name each rank as it starts (below)
+                      "verbose=true", cwd=tmp_path)
     assert sweep.returncode == 0, sweep.output[-3000:]
     assert "Traceback" not in sweep.output
     assert "already reported" not in sweep.output  # one report per epoch: rank zero's
