@@ -171,6 +171,14 @@ def is_finished(trial: FrozenTrial) -> bool:
         or trial.user_attrs.get(ATTR_WITHDRAWN, False))
 
 
+def shown_value(trial: FrozenTrial) -> float | None:
+    """The trial's objective as tables and progress lines show it: the final objective the
+    job stored (:data:`ATTR_OBJECTIVE`), else the study's value (a pruned trial's best so
+    far); None when it has neither."""
+    value = trial.user_attrs.get(ATTR_OBJECTIVE, trial.value)
+    return None if value is None else float(value)
+
+
 def claims_budget(trial: FrozenTrial) -> bool:
     """Holds one unit of ``n_trials``: finished (:func:`is_finished`) or running."""
     return trial.state == TrialState.RUNNING or is_finished(trial)

@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
 from doctor.diagnosis import LABELS
-from sweeps.metrics import is_negated
+from sweeps.metrics import aligned, monitor_direction
 from sweeps.report.model import StudyReport
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,9 @@ def plot_by_choice(report: StudyReport, path: Path) -> bool:
 def monitored(report: StudyReport, trial: FrozenTrial) -> tuple[list[int], list[float]]:
     """The epochs and the monitored metric of ``trial`` in its own units (trials report it
     negated when it improves the other way than the objective, :mod:`sweeps.metrics`)."""
-    sign = -1.0 if is_negated(report.monitor, report.direction) else 1.0
     steps = sorted(trial.intermediate_values)
-    return steps, [sign * trial.intermediate_values[s] for s in steps]
+    way = monitor_direction(report.monitor)  # aligning twice gives the value back
+    return steps, [aligned(trial.intermediate_values[s], report.direction, way) for s in steps]
 
 
 def robust_range(values: list[float]) -> tuple[float, float, int]:

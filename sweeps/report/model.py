@@ -114,12 +114,17 @@ def base_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
                  and t.user_attrs.get(ledger.ATTR_ROLE) == ledger.ROLE_BASE), None)
 
 
+def signed_gain(best: float, base: float, maximize: bool) -> float:
+    """best - base, signed so that positive is better in the study's direction."""
+    return (best - base) * (1 if maximize else -1)
+
+
 def gain_over_base(best: FrozenTrial | None, base: FrozenTrial | None, maximize: bool) -> str:
     """``+0.0123 over the base trial's 0.9557 (trial 0)``: best - base, signed so that
     positive is better in the study's direction; empty without both trials."""
     if best is None or base is None or best.value is None or base.value is None:
         return ""
-    gain = (best.value - base.value) * (1 if maximize else -1)
+    gain = signed_gain(best.value, base.value, maximize)
     if best.number == base.number:
         return f"the base trial is the best ({base.value:.4f}, trial {base.number})"
     return f"{gain:+.4f} over the base trial's {base.value:.4f} (trial {base.number})"

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from errors import one_line
 from sweeps import ledger, tracking
-from sweeps.report.model import base_trial
+from sweeps.report.model import base_trial, signed_gain
 from sweeps.storage import mask_password
 
 log = logging.getLogger(__name__)
@@ -133,10 +133,9 @@ class StudyRun:
                                 json.dumps(best.params, default=str)[:5000])
             base = base_trial(completed)
             if base is not None and base.value is not None:
-                sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
                 self.client.log_metric(self.run_id, "base_value", float(base.value))
-                self.client.log_metric(self.run_id, "gain_over_base",
-                                       sign * (float(best.values[0]) - base.value))
+                self.client.log_metric(self.run_id, "gain_over_base", signed_gain(
+                    float(best.values[0]), base.value, study.direction == StudyDirection.MAXIMIZE))
         self.client.set_tag(self.run_id, "mlflow.note.content", self.description(study))
         self.client.set_terminated(self.run_id, status=status)
 
@@ -162,8 +161,8 @@ class StudyRun:
         lines.append(f"Best: **{float(best.values[0]):.4f}**, {self._link(best)}.")
         base = base_trial(completed)
         if base is not None and base.value is not None:
-            sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-            gain = sign * (float(best.values[0]) - base.value)
+            gain = signed_gain(float(best.values[0]), base.value,
+                               study.direction == StudyDirection.MAXIMIZE)
             lines.append(f"Gain over the base config ({self._link(base)}, {base.value:.4f}): "
                          f"**{gain:+.4f}**.")
         lines.append("Pruned trials have the run status KILLED; their value is their best "

@@ -24,7 +24,7 @@ def trial_table(trials: list[FrozenTrial]) -> Table:
     for column in ("#", "state", "value", "epochs", "diagnosis", "note"):
         table.add_column(column)
     for trial in trials:
-        value = trial.user_attrs.get(ledger.ATTR_OBJECTIVE, trial.value)
+        value = ledger.shown_value(trial)
         epochs = len(trial.intermediate_values)
         note = (trial.user_attrs.get(ledger.ATTR_ERROR)
                 or trial.user_attrs.get(ledger.ATTR_PRUNE_REASON) or "")

@@ -36,12 +36,6 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def trial_value(trial: FrozenTrial) -> float | None:
-    """The trial's objective as the table shows it (a pruned trial's best so far)."""
-    value = trial.user_attrs.get(ledger.ATTR_OBJECTIVE, trial.value)
-    return None if value is None else float(value)
-
-
 class Progress:
     """Counts a sweep's trials and prints its progress.
 
@@ -87,7 +81,7 @@ class Progress:
         """Print the line of trial ``number``, which has just ended."""
         trials = self._study.get_trials(deepcopy=False)
         trial = next(t for t in trials if t.number == number)
-        value = trial_value(trial)
+        value = ledger.shown_value(trial)
         shown = "" if value is None else f" {value:.4f}"
         epochs = len(trial.intermediate_values)
         planned = trial.user_attrs.get(ATTR_MAX_EPOCHS)
