@@ -14,6 +14,7 @@ Runs on the objects the trial will train with (model, freezing callback, datamod
 ``near_duplicates``    perceptual-hash near copies across the split
 ``trainable`` ``head`` something trains, the head is sized to the classes (errors)
 ``batchnorm``          BatchNorm in frozen stages left in training mode
+``domain_shift``       early activations against the pretraining BatchNorm statistics
 ``loss`` ``activation``  cross-entropy on raw logits
 =====================  ====================================================================
 
@@ -35,6 +36,7 @@ import torch
 from data_modules.datamodules import ClassificationDataModule, ImageDataset
 from data_modules.images import decode, image_identity
 from doctor.balance import ClassCounts, check_balance, check_labels
+from doctor.domain_shift import check_domain_shift
 from doctor.findings import Finding
 from doctor.input_checks import (
     check_determinism,
@@ -157,6 +159,8 @@ def run_preflight(model: torch.nn.Module, freezing: object,
     findings += check_statistics(batch, settings.max_abs_mean, settings.min_std,
                                  settings.max_std)
     findings += check_determinism(datamodule.val_transform, images[:8])
+    findings += check_domain_shift(backbone, batch, backbone_name, settings.domain_shift,
+                                   settings.domain_shift_layers)
     findings += check_balance(counts, weighted=weighted, objective=objective,
                               ratio_limit=settings.imbalance_ratio,
                               min_images=settings.min_images_per_class)

@@ -28,6 +28,15 @@ class PreflightSettings:
             is warned (the imbalance plain accuracy would hide).
         min_images_per_class: fewest training images per class before a warning.
         majority_share: share of one class from which the data counts as mostly one class.
+        domain_shift: score (mean symmetric KL divergence per channel, :mod:`doctor.domain_shift`)
+            above which the images' activations at the first BatchNorm layers count as far from
+            the pretraining data; -1 turns the check off. Measured on EfficientNet-Lite0
+            with 2 layers (``benchmarks/domain_shift.py``, 64 images, 3 seeds): tiles of
+            photos 0.13-0.40, digits 45-65, line art 37-40, stripes 4.6-12 (grayscale photos
+            54-57, microscopy 1.0, telescope 4.2). 1.5 sits between the groups, 3.8x above
+            the highest photo batch and 3.1x below the lowest far one.
+        domain_shift_layers: BatchNorm layers, counted from the input, that the domain-shift
+            check compares (the forward pass stops after the last of them).
     """
 
     enabled: bool = True
@@ -39,10 +48,18 @@ class PreflightSettings:
     imbalance_ratio: float = 3.0
     min_images_per_class: int = 5
     majority_share: float = 0.9
+    domain_shift: float = 1.5
+    domain_shift_layers: int = 2
 
     def __post_init__(self) -> None:
         if self.sample_images < 2:
             raise ValueError(f"doctor.preflight.sample_images={self.sample_images} must be >= 2")
+        if not (self.domain_shift > 0 or self.domain_shift == -1):
+            raise ValueError(f"doctor.preflight.domain_shift={self.domain_shift} must be > 0, "
+                             "or -1 to turn the check off")
+        if self.domain_shift_layers < 1:
+            raise ValueError("doctor.preflight.domain_shift_layers="
+                             f"{self.domain_shift_layers} must be >= 1")
         if not 0.0 < self.majority_share <= 1.0:
             raise ValueError(f"doctor.preflight.majority_share={self.majority_share} must be "
                              "in (0, 1]")
