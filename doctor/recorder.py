@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 
-from doctor.diagnosis import Curves, Diagnosis, Thresholds, diagnose
+from doctor.diagnosis import Context, Curves, Diagnosis, Thresholds, diagnose
 
 _SERIES = {"train_loss": "train/loss", "val_loss": "val/loss", "train_acc": "train/acc",
            "val_acc": "val/acc"}
@@ -15,7 +15,8 @@ class CurveRecorder(pl.Callback):
 
     Reads at ``on_train_epoch_end``, when Lightning has aggregated both the epoch's training
     metrics and its validation. The confusion matrix comes from the module's
-    ``last_val_confusion`` (see :class:`~lightning_modules.classifier.ImageClassifier`).
+    ``last_val_confusion`` (see :class:`~lightning_modules.classifier.ImageClassifier`), the
+    class names from the datamodule's ``classes``, for messages that name them.
     """
 
     def __init__(self, thresholds: Thresholds | None = None) -> None:
@@ -30,6 +31,9 @@ class CurveRecorder(pl.Callback):
         confusion = getattr(pl_module, "last_val_confusion", None)
         if confusion:
             self.curves.confusion = confusion
+        classes = getattr(getattr(trainer, "datamodule", None), "classes", None)
+        if classes and not self.curves.classes:
+            self.curves.classes = [str(name) for name in classes]
 
-    def diagnosis(self) -> Diagnosis:
-        return diagnose(self.curves, self.thresholds)
+    def diagnosis(self, context: Context | None = None) -> Diagnosis:
+        return diagnose(self.curves, self.thresholds, context)

@@ -83,7 +83,15 @@ class Thresholds:
         overfit_gap: training minus validation accuracy that counts as overfitting (with the
             validation loss ending ``overfit_rise`` above its minimum).
         overfit_rise: fraction above its minimum that validation loss must end at.
-        underfit_accuracy: training and validation accuracy both below this is underfitting.
+        underfit_accuracy: a best validation accuracy below this is underfitting (unless
+            a larger symptom explains it).
+        min_epochs: fewer epochs than this are too early to judge (``too_early``).
+        chance_margin: a validation (balanced) accuracy within this of guessing, 1 / classes,
+            is at chance: never healthy.
+        steep_drop: a validation loss falling by this fraction in its last epoch is still
+            learning: at chance, it is ``too_early``, not a failure.
+        overfit_epochs: a train-validation accuracy gap above ``overfit_gap`` held this many
+            last epochs is overfitting even while the validation loss still falls.
     """
 
     divergence_rise: float = 0.1
@@ -93,12 +101,19 @@ class Thresholds:
     overfit_gap: float = 0.15
     overfit_rise: float = 0.1
     underfit_accuracy: float = 0.6
+    min_epochs: int = 3
+    chance_margin: float = 0.05
+    steep_drop: float = 0.1
+    overfit_epochs: int = 3
 
     def __post_init__(self) -> None:
         for name in ("collapse_share", "underfit_accuracy"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"doctor.thresholds.{name}={value} must be in (0, 1]")
+        for name in ("min_epochs", "overfit_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"doctor.thresholds.{name}={getattr(self, name)} must be >= 1")
 
 
 @dataclass

@@ -49,6 +49,9 @@ ATTR_OBJECTIVE = "best_objective"
 ATTR_FIT_SECONDS = "fit_seconds"
 ATTR_DIAGNOSIS = "diagnosis"
 ATTR_DIAGNOSIS_REASON = "diagnosis_reason"
+#: The per-epoch train/val loss and accuracy the diagnosis read (``doctor.diagnosis.Curves``),
+#: so the study report can diagnose every trial again against the study's final field.
+ATTR_CURVES = "curves"
 #: The last validation confusion matrix (rows: true class) and the class names, for the
 #: study report's per-class recall.
 ATTR_CONFUSION = "val_confusion"

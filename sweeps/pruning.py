@@ -7,12 +7,15 @@ negated in a maximizing study).
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import optuna
 from optuna.pruners import BasePruner, MedianPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from sweeps.metrics import is_negated
 
 #: Trial user attribute: the trial's best objective so far (objective units), updated each
 #: epoch; a trial that ends keeps its final value apart (:mod:`sweeps.ledger`'s ATTR_OBJECTIVE),
@@ -69,7 +72,11 @@ class StagnationPruner(BasePruner):
         self._median = MedianPruner(n_startup_trials=n_startup_trials,
                                     n_warmup_steps=n_warmup_steps)
 
-    def _warmup(self, max_epochs: int | None) -> int:
+    @property
+    def min_delta(self) -> float:
+        return self._min_delta
+
+    def warmup(self, max_epochs: int | None) -> int:
         """Epochs before any decision: ``n_warmup_steps``, or the warm-up share if longer."""
         share = math.ceil(self._warmup_share * max_epochs) if max_epochs else 0
         return max(self._n_warmup_steps, share)
@@ -90,7 +97,7 @@ class StagnationPruner(BasePruner):
         """
         finite = [v for v in values if math.isfinite(v)]
         patience = self.patience(max_epochs)
-        if len(finite) <= patience or len(finite) <= self._warmup(max_epochs):
+        if len(finite) <= patience or len(finite) <= self.warmup(max_epochs):
             return False
         sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
         scores = [sign * v for v in finite]
@@ -100,7 +107,7 @@ class StagnationPruner(BasePruner):
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         max_epochs = trial.user_attrs.get(ATTR_MAX_EPOCHS)
         step = trial.last_step
-        if step is None or step < self._warmup(max_epochs):
+        if step is None or step < self.warmup(max_epochs):
             return False
         if self._only_stagnating:
             values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
@@ -150,12 +157,53 @@ def judge_epoch(study: optuna.Study, trial: optuna.trial.Trial, epoch: int, valu
     trial.report(value, epoch)
     if exempt:
         return None
+    said = _Said(study, monitor, epoch, max_epochs)
     if trial.should_prune():
-        return Stop(True, f"pruned by {type(study.pruner).__name__} at epoch {epoch}: "
-                          f"{monitor} stalled or below the median")
+        return Stop(True, said.pruned(value))
     pruner = study.pruner
     if isinstance(pruner, StagnationPruner) and pruner.stagnates(
             [*reported, value], study.direction, max_epochs):
-        return Stop(False, f"{monitor} stopped improving at epoch {epoch} "
-                           "(competitive: completed early)")
+        return Stop(False, said.stagnated([*reported, value], pruner.patience(max_epochs),
+                                          pruner.min_delta))
     return None
+
+
+@dataclass(frozen=True)
+class _Said:
+    """Stop reasons with the rule that fired and its numbers, in the monitored metric's own
+    units (reported values are in the study's direction: a loss is negated when maximizing)
+    and 1-based epochs."""
+
+    study: optuna.Study
+    monitor: str
+    epoch: int
+    max_epochs: int | None
+
+    def shown(self, reported: float) -> float:
+        return -reported if is_negated(self.monitor, self.study.direction) else reported
+
+    def at(self) -> str:
+        of = f" of {self.max_epochs}" if self.max_epochs else ""
+        return f"at epoch {self.epoch + 1}{of}"
+
+    def pruned(self, value: float) -> str:
+        pruner = self.study.pruner
+        peers = [t.intermediate_values[self.epoch] for t in self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,)) if self.epoch in t.intermediate_values]
+        peers = [v for v in peers if math.isfinite(v)]
+        versus = ""
+        if peers:
+            median = self.shown(statistics.median(peers))
+            versus = f" vs the median {median:.4g} of {len(peers)} complete trials"
+        rule = type(pruner).__name__
+        if isinstance(pruner, StagnationPruner):
+            rule += f" after {pruner.warmup(self.max_epochs)} warm-up epochs"
+        return f"{self.monitor} {self.shown(value):.4g} {self.at()}{versus} ({rule})"
+
+    def stagnated(self, values: list[float], patience: int, min_delta: float) -> str:
+        maximizing = self.study.direction == StudyDirection.MAXIMIZE
+        scores = [v if maximizing else -v for v in values]
+        best = max(range(len(scores) - patience), key=scores.__getitem__)
+        return (f"{self.monitor} not improved by > {min_delta:g} for {patience} epochs "
+                f"{self.at()} (best {self.shown(values[best]):.4g} at epoch {best + 1}): "
+                "competitive, completed early")

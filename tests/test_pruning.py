@@ -404,3 +404,43 @@ def test_a_trial_leading_by_the_objective_is_not_pruned_for_its_loss(
                     best_so_far=study.best_value + lead)
         decisions.append(trial.should_prune())
     assert decisions == expected
+
+
+# -- reasons ---------------------------------------------------------------------------------
+
+def judge_all(study: optuna.Study, losses: Sequence[float], max_epochs: int | None = None):
+    """Run a new trial through :func:`judge_epoch` until it is stopped; its Stop or None."""
+    trial, reported = study.ask(), []
+    for step, loss in enumerate(losses):
+        value = aligned(loss, study.direction)
+        stop = judge_epoch(study, trial, step, value, list(reported), "val/loss", max_epochs)
+        reported.append(value)
+        if stop is not None:
+            return stop
+    return None
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_a_prune_reason_gives_the_rule_and_its_numbers_in_the_metrics_units(
+        make_study: Callable[..., optuna.Study], direction: str) -> None:
+    study = make_study(direction, StagnationPruner(patience=2, n_startup_trials=2))
+    complete_good_trials(study, 3)
+    stop = judge_all(study, STAGNANT_HIGH, max_epochs=8)
+    assert stop is not None
+    assert stop.pruned
+    # epoch 2 (index 1) is the first after the warm-up; the good trials' losses there are
+    # 0.6, 0.5 and 0.7: their median 0.6, shown as a loss whatever the study's direction
+    assert stop.reason == ("val/loss 1.5 at epoch 2 of 8 vs the median 0.6 of 3 complete "
+                           "trials (StagnationPruner after 1 warm-up epochs)")
+
+
+def test_a_completed_early_reason_gives_patience_best_and_epochs(
+        make_study: Callable[..., optuna.Study]) -> None:
+    study = make_study("maximize", StagnationPruner(patience=2, n_startup_trials=2))
+    complete_good_trials(study, 3)
+    # better than every good trial at every epoch, then flat from epoch 3
+    stop = judge_all(study, [0.2, 0.15, 0.1, 0.12, 0.11, 0.1], max_epochs=6)
+    assert stop is not None
+    assert not stop.pruned
+    assert stop.reason == ("val/loss not improved by > 0 for 2 epochs at epoch 5 of 6 (best "
+                           "0.1 at epoch 3): competitive, completed early")

@@ -392,7 +392,7 @@ def test_nan_loss_mid_fit_prunes_its_trial_and_the_sweep_goes_on(
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Traceback" not in first.output
     assert cut.state == TrialState.PRUNED
-    assert cut.user_attrs[ATTR_PRUNE_REASON] == "val/loss is nan at epoch 2: diverged"
+    assert cut.user_attrs[ATTR_PRUNE_REASON] == "val/loss is nan at epoch 3 of 6: diverged"
     assert sorted(cut.intermediate_values) == [0, 1]  # the NaN epoch is not reported
     assert math.isfinite(cut.user_attrs[ATTR_OBJECTIVE])  # its best epoch before the NaN
     run = trial_runs(diverged.cwd)[cut.number]

@@ -96,6 +96,47 @@ def test_dominant_failure_is_none_when_every_trial_is_healthy(tmp_path: Path) ->
     assert model.build(make_study(tmp_path, rows)).dominant_failure is None
 
 
+def test_only_failures_count_and_notes_do_not(tmp_path: Path) -> None:
+    rows: list[Row] = [(TrialState.COMPLETE, 0.9, "depth", "none", 1e-3, "healthy", {}),
+                       (TrialState.PRUNED, None, "none", "none", 1e-2, "too_early", {}),
+                       (TrialState.PRUNED, None, "none", "none", 1e-2, "too_early", {}),
+                       (TrialState.COMPLETE, 0.8, "none", "none", 1e-2,
+                        "diverged_after_best", {}),
+                       (TrialState.COMPLETE, 0.5, "none", "none", 1e-4, "underfitting", {})]
+    report = model.build(make_study(tmp_path, rows))
+    assert report.dominant_failure == ("underfitting", 1)
+    assert report.failure_line().startswith("underfitting (1 of 5 diagnosed trials) -- fix: ")
+
+
+#: A competitive trial's stored curves: learned to 0.9 by epoch 2, then its training loss
+#: climbed back (the LR too high for the later epochs).
+RISING = {"train_loss": [0.9, 0.4, 0.6], "val_loss": [0.5, 0.3, 0.9],
+          "train_acc": [0.7, 0.9, 0.8], "val_acc": [0.8, 0.9, 0.7]}
+
+
+def test_labels_are_read_again_against_the_final_field_and_retagged(tmp_path: Path) -> None:
+    # When trial 1 was pruned, it trailed; trial 0 ended 3rd of 3 when it was labelled
+    # "diverged" then. In the final field of 4, with a quarter of 1, it is the best.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("plateau", artifact_location=str(tmp_path / "art"))
+    trial_run = client.create_run(experiment).info.run_id
+    parent = client.create_run(experiment).info.run_id
+    curves = {"curves": RISING, "classes": ["ant", "bee", "cat"]}
+    rows: list[Row] = [
+        (TrialState.COMPLETE, 0.95, "depth", "none", 1e-2, "diverged",
+         {**curves, "mlflow_run_id": trial_run}),
+        (TrialState.PRUNED, 0.9, "depth", "none", 1e-2, "diverged", curves),
+        (TrialState.COMPLETE, 0.90, "none", "none", 1e-3, "healthy", {}),
+        (TrialState.COMPLETE, 0.85, "none", "none", 1e-3, "healthy", {})]
+    report = publish.publish(make_study(tmp_path, rows), tmp_path / "report", client, parent)
+    assert report.labels[0].label == "diverged_after_best"
+    assert "best epoch 2 (among the study's best quarter)" in report.labels[0].reason
+    assert report.labels[1].label == "diverged"  # pruned, and not among the best
+    assert client.get_run(trial_run).data.tags["plateau.diagnosis"] == "diverged_after_best"
+    table = (tmp_path / "report" / report_files.REPORT_MD).read_text()
+    assert "| 0 | diverged_after_best | diverged after its best epoch 2" in table
+
+
 def test_best_trials_per_class_recall_comes_from_its_confusion_matrix(
         study: optuna.Study) -> None:
     report = model.build(study)
@@ -205,7 +246,9 @@ def test_summary_names_the_top_three_knobs_and_the_dominant_failure(
     err = capsys.readouterr().err
     assert f"most important knobs: {report.top_knobs[0]} (" in err
     assert len(report.top_knobs) == 3
-    assert "dominant failure mode: no_progress (2 of 6 diagnosed trials)" in err
+    assert ("most common fixable cause: no_progress (2 of 6 diagnosed trials) -- fix: raise "
+            "the learning rate") in err
+    assert "best trial's diagnosis: trial 2: healthy" in err
 
 
 def artifacts(client: MlflowClient, run_id: str) -> set[str]:
@@ -262,7 +305,7 @@ def test_doctor_report_command_writes_an_existing_studys_report(tmp_path: Path) 
                   cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "out" / report_files.REPORT_MD).exists()
-    assert "dominant failure" in done.stderr.lower()
+    assert "most common fixable cause: no_progress" in done.stderr
 
 
 def test_doctor_report_command_on_a_missing_study_exits_2_with_one_line(tmp_path: Path) -> None:
@@ -303,4 +346,4 @@ def test_default_sweep_writes_the_report_and_logs_it_to_the_parent_run(tmp_path:
     assert len(children) == 4
     assert all(r.data.tags.get("plateau.diagnosis") for r in children)
     assert "most important knobs: " in output
-    assert "dominant failure mode: " in output
+    assert "most common fixable cause: " in output

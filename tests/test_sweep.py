@@ -144,7 +144,9 @@ def test_flat_trial_is_pruned_inside_the_launched_child_process(pruning_sweep: S
     flat, good = trials[FLAT_LR], trials[GOOD_LR]
     assert flat.state == TrialState.PRUNED
     assert len(flat.intermediate_values) < PRUNE_EPOCHS
-    assert flat.user_attrs["prune_reason"]
+    # why, with the rule and its numbers: its val/loss against the complete trial's
+    assert " vs the median " in flat.user_attrs["prune_reason"]
+    assert "StagnationPruner after 3 warm-up epochs" in flat.user_attrs["prune_reason"]
     # A pruned trial carries its diagnosis (a flat loss: no progress) and its stopping epoch.
     assert flat.user_attrs["diagnosis"] == "no_progress"
     assert flat.user_attrs["stopped_epoch"] == len(flat.intermediate_values) - 1

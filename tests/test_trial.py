@@ -91,9 +91,9 @@ def test_same_seed_reproduces_the_objective(make_cfg) -> None:
 
 
 def test_trial_that_predicts_one_class_is_diagnosed_majority_collapse(make_cfg) -> None:
-    # timm's tiny ResNet from random weights, two stages trained for two epochs: it answers
-    # one class for every stripe image (val F1 1/6 on 3 classes).
-    cfg = make_cfg("trainer.max_epochs=2")
+    # timm's tiny ResNet from random weights, two stages trained for three epochs: it
+    # answers one class for every stripe image (val F1 1/6 on 3 classes).
+    cfg = make_cfg("trainer.max_epochs=3")
     run_trial(cfg)
     client = MlflowClient(cfg.logger.tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("plateau").experiment_id])

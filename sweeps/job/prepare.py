@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from data_modules.cache_dir import cache_root
 from data_modules.feature_cache import FeatureCache, attach_features
 from data_modules.transforms import random_transforms
-from doctor.diagnosis import Diagnosis
+from doctor.diagnosis import Context, Diagnosis
 from doctor.preflight import PreflightReport, run_preflight
 from doctor.recorder import CurveRecorder
 from doctor.settings import PreflightSettings, Thresholds
@@ -40,12 +40,13 @@ class PreparedTrial:
     logger: MLFlowLogger | None
     curves: CurveRecorder
 
-    def diagnose(self) -> Diagnosis:
+    def diagnose(self, context: Context | None = None) -> Diagnosis:
         """Diagnose the fit from its curves; tags the MLflow run with the result."""
-        diagnosis = self.curves.diagnosis()
+        diagnosis = self.curves.diagnosis(context)
         if self.logger is not None:
             trial_logger.tag_run(self.logger, {"plateau.diagnosis": diagnosis.label,
-                                               "plateau.diagnosis_reason": diagnosis.reason})
+                                               "plateau.diagnosis_reason":
+                                                   diagnosis.explained()})
         return diagnosis
 
 

@@ -55,6 +55,11 @@ class TrialReporter(RankZeroStop):
         #: the base trial runs to its end: the sweep's guarantee is its full value
         self.exempt = trial.user_attrs.get(ledger.ATTR_ROLE) == ledger.ROLE_BASE
 
+    @property
+    def ending(self) -> str:
+        """How the fit ended, as the doctor reads it: ``pruned``, ``early`` or ``ran``."""
+        return "pruned" if self.pruned else "early" if self.reason else "ran"
+
     def _stop(self, trainer: pl.Trainer, pruned: bool, reason: str) -> bool:
         self.pruned, self.reason = pruned, reason
         self.stopped_epoch = trainer.current_epoch
@@ -73,8 +78,8 @@ class TrialReporter(RankZeroStop):
             return False
         epoch, value = trainer.current_epoch, float(metric)
         if not math.isfinite(value):
-            return self._stop(trainer, True, f"{self.monitor} is {value} at epoch {epoch}: "
-                                             "diverged")
+            return self._stop(trainer, True, f"{self.monitor} is {value} at epoch "
+                                             f"{epoch + 1} of {trainer.max_epochs}: diverged")
         reported = aligned(value, self.study.direction, monitor_direction(self.monitor))
         before = [self._values[e] for e in sorted(self._values)]
         self._values[epoch] = reported

@@ -74,5 +74,5 @@ def run_single(cfg: DictConfig) -> float:
     diagnosis = prepared.diagnose()
     console.print(f"objective {prepared.model.objective}_best = {value:.4f} "
                   f"({cfg.objective.direction})")
-    console.print(f"diagnosis: {diagnosis.label} ({diagnosis.reason})")
+    console.print(f"diagnosis: {diagnosis.label} ({diagnosis.explained()})", soft_wrap=True)
     return value

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
+from doctor.diagnosis import Context, in_top_quarter
 from errors import error_line
 from lightning_modules.classifier import ImageClassifier
 from sweeps import devices, ledger, tracking
@@ -95,12 +96,27 @@ def run_study_trial(cfg: DictConfig) -> float:
     finally:
         seats.close()  # the fit is over: its GPU seat goes to the next trial
     with ledger.uninterrupted():  # the outcome is written whole, or Ctrl-C came before it
-        diagnosis = prepared.diagnose()
-        job.trial.set_user_attr(ledger.ATTR_DIAGNOSIS, diagnosis.label)
-        job.trial.set_user_attr(ledger.ATTR_DIAGNOSIS_REASON, diagnosis.reason)
-        _store_confusion(job.trial, prepared.curves.curves.confusion,
-                         getattr(prepared.datamodule, "classes", []))
+        _diagnose(job, reporter, prepared)
         return _tell_outcome(job, reporter, prepared.model)
+
+
+def _diagnose(job: _JobTrial, reporter: TrialReporter, prepared: PreparedTrial) -> None:
+    """The doctor's label for the fit, with how it ended and where it stands in the study
+    now (the study report reads it again against the final field), and the curves it read."""
+    model = prepared.model
+    value = best_objective(model) if model.best_objective.update_count else float("nan")
+    completes = not reporter.pruned and math.isfinite(value)
+    complete = [t.value for t in job.study.get_trials(deepcopy=False,
+                                                      states=(TrialState.COMPLETE,))
+                if t.value is not None]
+    maximize = job.study.direction == optuna.study.StudyDirection.MAXIMIZE
+    context = Context(reporter.ending, completes and in_top_quarter(value, complete, maximize))
+    diagnosis = prepared.diagnose(context)
+    job.trial.set_user_attr(ledger.ATTR_DIAGNOSIS, diagnosis.label)
+    job.trial.set_user_attr(ledger.ATTR_DIAGNOSIS_REASON, diagnosis.explained())
+    curves = prepared.curves.curves
+    job.trial.set_user_attr(ledger.ATTR_CURVES, curves.series())
+    _store_confusion(job.trial, curves.confusion, getattr(prepared.datamodule, "classes", []))
 
 
 def _fit(cfg: DictConfig, job: _JobTrial, reporter: TrialReporter) -> PreparedTrial:

@@ -193,14 +193,13 @@ def _overview(report: StudyReport) -> list[str]:
     counts = ", ".join(f"{states.count(s)} {s.name.lower()}"
                        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     best = report.best
-    dominant = report.dominant_failure
     rows = [["direction", f"{report.direction.name.lower()} `{report.objective}`"],
             ["trials", counts],
             ["best", f"{_number(best.value)} (trial {best.number})" if best else "none"],
             ["gain over the base config", report.gain or "no base trial completed"],
             ["most important knobs", ", ".join(f"`{k}`" for k in report.top_knobs) or "none"],
-            ["dominant failure mode", f"{dominant[0]} ({dominant[1]} trials)" if dominant
-             else "none"]]
+            ["best trial's diagnosis", report.best_line() or "none"],
+            ["most common fixable cause", report.failure_line()]]
     return [f"# Study report: `{report.study_name}`", "", *_table(["", ""], rows)]
 
 
@@ -240,6 +239,11 @@ def _diagnosis_sections(report: StudyReport, written: dict[str, bool]) -> list[s
                                               for label in diagnosis_order(report)])
     if not report.diagnoses:
         lines += ["_No trial was diagnosed (a trial that fails is not)._", ""]
+    else:
+        lines += ["Each trial's label, read against the study's final field, and why:", ""]
+        lines += _table(["trial", "diagnosis", "why"], [
+            [str(number), label.label, label.explained().replace("|", "/")]
+            for number, label in sorted(report.labels.items())])
     lines += ["## Best trial's per-class recall", ""]
     if report.best is not None:
         params = ", ".join(f"`{k}={v}`" for k, v in report.best.params.items())

@@ -26,9 +26,11 @@ from optuna.search_space import intersection_search_space
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from doctor.diagnosis import LABELS
+from doctor.diagnosis import FAILURES, LABELS, Diagnosis
+from doctor.settings import Thresholds
 from errors import one_line
 from sweeps import ledger
+from sweeps.report.diagnoses import final_labels
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,8 @@ class StudyReport:
     importances: dict[str, float]
     importance_note: str
     choices: dict[str, list[ChoiceStats]]
-    diagnoses: Counter[str]
+    #: each diagnosed trial's label against the final field (:mod:`sweeps.report.diagnoses`)
+    labels: dict[int, Diagnosis]
     best: FrozenTrial | None
     recall: list[ClassRecall]
     recall_note: str
@@ -98,14 +101,43 @@ class StudyReport:
         return list(self.importances)[:TOP_KNOBS]
 
     @property
+    def diagnoses(self) -> Counter[str]:
+        """How many trials got each label."""
+        return Counter(d.label for d in self.labels.values())
+
+    @property
     def dominant_failure(self) -> tuple[str, int] | None:
-        """The most common non-healthy diagnosis and its count (ties: the order of LABELS)."""
-        failures = {label: n for label, n in self.diagnoses.items() if label != "healthy"}
+        """The most common failure (:data:`doctor.diagnosis.FAILURES`: not ``healthy`` nor a
+        note such as ``too_early``) and its count; ties go by the order of LABELS."""
+        failures = {label: n for label, n in self.diagnoses.items() if label in FAILURES}
         if not failures:
             return None
         rank = {label: i for i, label in enumerate(LABELS)}
         label = min(failures, key=lambda k: (-failures[k], rank.get(k, len(LABELS))))
         return label, failures[label]
+
+    def failure_line(self) -> str:
+        """``no_progress (2 of 6 diagnosed trials) -- fix: ...``: the most common failure with
+        its fix, or why there is none."""
+        diagnosed = len(self.labels)
+        dominant = self.dominant_failure
+        if dominant is None:
+            return f"none (no failure among {diagnosed} diagnosed trials)" if diagnosed \
+                else "none (no trial was diagnosed)"
+        fix = Diagnosis(dominant[0], "").fix
+        return f"{dominant[0]} ({dominant[1]} of {diagnosed} diagnosed trials) -- fix: {fix}"
+
+    def best_line(self) -> str:
+        """``trial 6: healthy (validation accuracy 0.99, ...)``, or empty."""
+        diagnosis = self.best_label
+        if self.best is None or diagnosis is None:
+            return ""
+        return f"trial {self.best.number}: {diagnosis.label} ({diagnosis.reason})"
+
+    @property
+    def best_label(self) -> Diagnosis | None:
+        """The best trial's own diagnosis."""
+        return None if self.best is None else self.labels.get(self.best.number)
 
 
 def base_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
@@ -210,17 +242,17 @@ def class_recall(trial: FrozenTrial | None) -> tuple[list[ClassRecall], str]:
     return recall, ""
 
 
-def build(study: optuna.Study, objective: str = "objective",
-          monitor: str = "val/loss") -> StudyReport:
-    """The report of ``study``; ``objective`` and ``monitor`` only label values and axes."""
+def build(study: optuna.Study, objective: str = "objective", monitor: str = "val/loss",
+          thresholds: Thresholds | None = None) -> StudyReport:
+    """The report of ``study``; ``objective`` and ``monitor`` only label values and axes,
+    ``thresholds`` are the doctor's (``doctor.thresholds``)."""
     trials = [t for t in study.get_trials(deepcopy=False) if ledger.is_finished(t)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     found, note = importances(study, complete)
     best = study.best_trial if complete else None
     recall, recall_note = class_recall(best)
-    diagnoses = Counter(str(t.user_attrs[ledger.ATTR_DIAGNOSIS]) for t in trials
-                        if t.user_attrs.get(ledger.ATTR_DIAGNOSIS))
+    labels = final_labels(trials, study.direction, thresholds)
     maximize = study.direction == StudyDirection.MAXIMIZE
     return StudyReport(study.study_name, study.direction, objective, monitor, trials, found,
-                       note, choice_stats(trials, maximize), diagnoses, best, recall,
+                       note, choice_stats(trials, maximize), labels, best, recall,
                        recall_note, importance_warning(found, complete, trials))

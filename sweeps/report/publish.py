@@ -13,9 +13,11 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
+from doctor.settings import Thresholds
 from errors import one_line
-from sweeps import tracking
+from sweeps import ledger, tracking
 from sweeps.report import files
+from sweeps.report.diagnoses import changed, thresholds_of
 from sweeps.report.model import StudyReport, build
 from sweeps.report.terminal import print_summary
 from sweeps.storage import DEFAULT_STUDY_NAME, load_study, resolve_storage_url
@@ -24,14 +26,17 @@ log = logging.getLogger(__name__)
 
 
 def publish(study: optuna.Study, folder: Path, client: Any = None, run_id: str | None = None,
-            objective: str = "objective", monitor: str = "val/loss") -> StudyReport:
+            objective: str = "objective", monitor: str = "val/loss",
+            thresholds: Thresholds | None = None) -> StudyReport:
     """Write the report to ``folder``; with an MLflow ``client``, tag the parent run
-    ``run_id`` (``plateau.top_knobs``, ``plateau.dominant_failure``) and log the folder as
-    its ``report/`` artifacts."""
-    report = build(study, objective, monitor)
+    ``run_id`` (``plateau.top_knobs``, ``plateau.dominant_failure``), log the folder as its
+    ``report/`` artifacts, and re-tag the trial runs whose label changed against the final
+    field (:mod:`sweeps.report.diagnoses`)."""
+    report = build(study, objective, monitor, thresholds)
     report.folder = files.write(report, folder)
     if client is None or not run_id:
         return report
+    _retag(client, report)
     dominant = report.dominant_failure
     try:
         client.set_tag(run_id, "plateau.top_knobs", ",".join(report.top_knobs) or "none")
@@ -42,6 +47,21 @@ def publish(study: optuna.Study, folder: Path, client: Any = None, run_id: str |
     else:
         report.run_id = run_id
     return report
+
+
+def _retag(client: Any, report: StudyReport) -> None:
+    """``plateau.diagnosis`` and its reason on the runs of trials whose label changed."""
+    for trial in changed(report.trials, report.labels):
+        trial_run = trial.user_attrs.get(ledger.ATTR_RUN_ID)
+        if not trial_run:
+            continue
+        label = report.labels[trial.number]
+        try:
+            client.set_tag(trial_run, "plateau.diagnosis", label.label)
+            client.set_tag(trial_run, "plateau.diagnosis_reason", label.explained())
+        except Exception as err:  # the report still says it
+            log.warning("trial %d: MLflow run %s not re-tagged: %s", trial.number, trial_run,
+                        one_line(err))
 
 
 def objective_label(cfg: DictConfig) -> str:
@@ -65,7 +85,8 @@ def report_existing(cfg: DictConfig, out_dir: str | Path) -> Path:
     run_id = study.user_attrs.get(tracking.STUDY_RUN_ATTR)
     found = tracking.tracking_client(cfg) if run_id else None
     report = publish(study, Path(out_dir), found[0] if found else None, run_id,
-                     objective_label(cfg), str(sweeper.get("monitor", "val/loss")))
+                     objective_label(cfg), str(sweeper.get("monitor", "val/loss")),
+                     thresholds_of(cfg))
     print_summary(report)
     assert report.folder is not None
     return report.folder

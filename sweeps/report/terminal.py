@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import optuna
@@ -11,6 +12,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
+from doctor.diagnosis import Diagnosis
 from errors import console
 from sweeps import ledger
 from sweeps.report import files
@@ -19,7 +21,9 @@ from sweeps.report.model import StudyReport, base_trial, gain_over_base
 log = logging.getLogger(__name__)
 
 
-def trial_table(trials: list[FrozenTrial]) -> Table:
+def trial_table(trials: list[FrozenTrial], labels: Mapping[int, Diagnosis]) -> Table:
+    """One row per trial: state, value, epochs, the doctor's label against the final field
+    (``labels``), and why it ended (the stop reason with its numbers, or its error)."""
     table = Table(title="trials", show_lines=False)
     for column in ("#", "state", "value", "epochs", "diagnosis", "note"):
         table.add_column(column)
@@ -37,7 +41,7 @@ def trial_table(trials: list[FrozenTrial]) -> Table:
             note = f"{role}; {note}" if note else role
         table.add_row(str(trial.number), trial.state.name,
                       "" if value is None else f"{value:.4f}", str(epochs),
-                      trial.user_attrs.get(ledger.ATTR_DIAGNOSIS, ""), note[:80])
+                      labels[trial.number].label if trial.number in labels else "", note)
     return table
 
 
@@ -60,9 +64,9 @@ def summary_table(study: optuna.Study, trials: list[FrozenTrial], seconds: float
 
 
 def print_end(study: optuna.Study, trials: list[FrozenTrial], seconds: float,
-              best_config: Path | None) -> None:
+              best_config: Path | None, labels: Mapping[int, Diagnosis]) -> None:
     """The trial table, the study summary, and how to re-run the best trial."""
-    console.print(trial_table(trials))
+    console.print(trial_table(trials, labels))
     console.print(summary_table(study, trials, seconds))
     if best_config is not None:
         console.print(f"best trial's config: {best_config}\nre-run it: python sweep.py "
@@ -94,21 +98,19 @@ def print_viewers(tracking_uri: str | None, storage_url: str) -> None:
 
 
 def print_summary(report: StudyReport) -> None:
-    """Three lines: where the report is, the most important knobs, the dominant failure."""
+    """Where the report is, the most important knobs, the best trial's diagnosis and the
+    most common fixable cause of the failures (with its fix)."""
     where = f"study report: {report.folder / files.REPORT_MD if report.folder else '-'}"
     if report.run_id:
         where += f" (MLflow run {report.run_id}, artifacts {files.REPORT_DIR}/)"
     knobs = ", ".join(f"{name} ({report.importances[name]:.2f})" for name in report.top_knobs)
-    dominant = report.dominant_failure
-    diagnosed = sum(report.diagnoses.values())
-    if dominant:
-        failure = f"{dominant[0]} ({dominant[1]} of {diagnosed} diagnosed trials)"
-    else:
-        failure = f"none (all {diagnosed} diagnosed trials healthy)" if diagnosed \
-            else "none (no trial was diagnosed)"
     console.print(where, soft_wrap=True)
     console.print(f"most important knobs: {knobs or 'not computed: ' + report.importance_note}",
                   soft_wrap=True)
     if report.importance_warning:
         console.print(f"[yellow]warning: {report.importance_warning}[/]")
-    console.print(f"dominant failure mode: {failure}", soft_wrap=True)
+    if report.best_line():
+        console.print(f"best trial's diagnosis: {report.best_line()}", soft_wrap=True,
+                      highlight=False)
+    console.print(f"most common fixable cause: {report.failure_line()}", soft_wrap=True,
+                  highlight=False)

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from errors import console, error_line
 from sweeps import ledger
 from sweeps.report import files, publish
+from sweeps.report.diagnoses import thresholds_of
 from sweeps.report.model import StudyReport
 from sweeps.report.study_run import StudyRun
 
@@ -64,7 +65,8 @@ def write_report(study: optuna.Study, run: StudyRun, sweep_dir: str, config: Dic
     """The post-sweep report in ``<sweep dir>/report``; a failure only warns."""
     try:
         return publish.publish(study, Path(sweep_dir) / files.REPORT_DIR, run.client,
-                               run.run_id, publish.objective_label(config), monitor)
+                               run.run_id, publish.objective_label(config), monitor,
+                               thresholds_of(config))
     except Exception as err:  # the study ran fine: the sweep must not fail for its report
         log.warning("study report not written: %s", error_line(err))
         return None

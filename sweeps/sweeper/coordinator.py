@@ -22,6 +22,7 @@ from sweeps import ledger, tracking, verbosity
 from sweeps.job import allocator
 from sweeps.metrics import apply_optimized_metric
 from sweeps.report import best, terminal
+from sweeps.report.diagnoses import final_labels, thresholds_of
 from sweeps.report.study_run import StudyRun
 from sweeps.storage import hide_storage_password, mask_password, resolve_storage_url
 from sweeps.sweeper import closing, first_trials, settings
@@ -128,7 +129,9 @@ class StudySweeper:
         if ended:
             path = best.export_best(study, self.sweep_dir, self.config,
                                     self.hydra_context.config_loader)
-            terminal.print_end(study, trials, time.time() - self.started, path)
+            labels = written.labels if written is not None else final_labels(
+                trials, study.direction, thresholds_of(self.config))
+            terminal.print_end(study, trials, time.time() - self.started, path, labels)
         if written is not None:
             terminal.print_summary(written)
         if ended:
