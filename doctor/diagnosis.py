@@ -63,12 +63,12 @@ _FIXES = {
     "diverged_after_best": "keep the best checkpoint; lower the learning rate or stop earlier",
     "too_early": "give it more epochs (trainer.max_epochs) before judging",
     "no_progress": "raise the learning rate (optimizer.lr), or unfreeze more of the backbone "
-                   "(freeze=none, or a smaller freeze.depth)",
+                   "(freeze=none, or a larger freeze.depth)",
     "majority_collapse": "class weighting (class_weight=balanced), a lower learning rate, or "
                          "unfreezing more of the backbone",
     "overfitting": "regularize more (regularization=strong), augment (augment=light), or "
                    "stop earlier",
-    "underfitting": "train longer (trainer.max_epochs), unfreeze more (a smaller "
+    "underfitting": "train longer (trainer.max_epochs), unfreeze more (a larger "
                     "freeze.depth), or regularize less (regularization=none)",
     "healthy": "",
 }
@@ -107,7 +107,9 @@ class Diagnosis:
     def explained(self) -> str:
         """The reason and, for a label with one, its fix: what the trial's attributes, its
         MLflow tags and the run's console carry."""
-        return f"{self.reason}; fix: {self.fix}" if self.fix else self.reason
+        if not self.fix:
+            return self.reason
+        return f"{self.reason}; fix: {self.fix}" if self.reason else f"fix: {self.fix}"
 
 
 def _collapse(confusion: list[list[int]], min_share: float) -> tuple[float, int] | None:

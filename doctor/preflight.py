@@ -49,6 +49,9 @@ from doctor.model_checks import check_model
 from doctor.settings import PreflightSettings
 from errors import PlateauError, console
 
+#: Finding lines printed in this process (:meth:`PreflightReport.show`'s ``once``).
+_SHOWN: set[str] = set()
+
 
 @dataclass
 class PreflightReport:
@@ -66,13 +69,22 @@ class PreflightReport:
         warned = sorted({f.check for f in self.findings if f.severity != "info"})
         return {"plateau.preflight": ",".join(warned) or "clean"}
 
-    def show(self, verbose: bool = False) -> None:
-        """Print errors and warnings (and info, and the class counts, when ``verbose``)."""
+    def show(self, verbose: bool = False, once: bool = False) -> None:
+        """Print errors and warnings (and info, and the class counts, when ``verbose``).
+
+        With ``once``, a finding already printed in this process is not printed again: the
+        trials of a sweep share their data and mostly their backbone, and a warning the
+        base config's preflight printed need not follow every trial (each trial's MLflow
+        run is still tagged with it).
+        """
         if verbose:
             console.print(_counts_table(self.counts))
         style = {"error": "bold red", "warning": "yellow", "info": "cyan"}
         for finding in self.findings:
+            if once and finding.line() in _SHOWN:
+                continue
             if verbose or finding.severity != "info":
+                _SHOWN.add(finding.line())
                 console.print(f"[{style[finding.severity]}]preflight {finding.severity}[/]: "
                               f"{finding.check}: {finding.cause}\n  fix: {finding.fix}",
                               highlight=False, soft_wrap=True)

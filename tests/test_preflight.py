@@ -512,3 +512,15 @@ def test_doctor_preflight_command_exits_2_on_an_error_without_traceback() -> Non
     output = result.stdout + result.stderr
     assert "preflight error: trainable: no parameter trains" in output
     assert "Traceback" not in output
+
+
+def test_a_sweeps_trials_print_a_finding_once_and_a_single_run_always(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    shift = Finding("domain_shift", "warning", "activations 45.17 from pretraining (once)",
+                    "freeze.train_bn=true")
+    report = PreflightReport([shift], ClassCounts(["a", "b"], [5, 5], [2, 2]), 0.1)
+    report.show(once=True)
+    report.show(once=True)
+    assert capsys.readouterr().err.count("activations 45.17 from pretraining (once)") == 1
+    report.show()  # a single run, or `python -m doctor preflight`: every finding
+    assert "activations 45.17 from pretraining (once)" in capsys.readouterr().err

@@ -94,7 +94,7 @@ def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
     tags = dict(tags or {})
     if preflight_settings(cfg).enabled:
         report = preflight(cfg, parts)
-        report.show()
+        report.show(once=cfg.get("trial") is not None)  # a sweep's trials: new findings only
         report.raise_for_errors()
         tags.update(report.tags())
     tags["plateau.feature_cache"] = _use_feature_cache(cfg, parts)
