@@ -11,24 +11,29 @@ validation accuracy when no confusion matrix was recorded; *at chance* means wit
 ``diverged``             a NaN/inf loss; a training loss above ``explosion_factor`` x   failure
                          that of guessing (ln of the classes) or climbing back by
                          ``divergence_rise`` of its first value; or a validation loss
-                         rising from the first epoch without ever improving -- in a
-                         trial that never learned or was pruned, and is not in the
-                         study's best quarter
+                         rising from the first epoch without ever improving; a
+                         training loss climbing back counts when the validation loss
+                         rose as well or it ends above its start -- in a
+                         trial that never learned, or was pruned no longer answering
+                         well, and is not in the study's best quarter
 ``diverged_after_best``  the same symptoms after the trial had learned (a best         note
                          validation accuracy of at least ``underfit_accuracy``),
-                         in a trial that completed (or is in the study's best quarter):
-                         its best checkpoint is fine
-``too_early``            fewer than ``min_epochs`` epochs, or at chance with the        note
-                         validation loss still falling by ``steep_drop`` per epoch:
-                         the curves cannot tell yet
-``no_progress``          the training loss falls by less than ``no_progress_drop`` of   failure
-                         its first value, or the validation accuracy stays at chance
+                         in a trial that completed, still answers well (a bump as a
+                         stage unfreezes) or is in the study's best quarter: its best
+                         checkpoint is fine
+``too_early``            fewer than ``min_epochs`` epochs, or at chance or below        note
+                         ``underfit_accuracy`` with the validation loss still falling
+                         by ``steep_drop`` per epoch: the curves cannot tell yet
+``no_progress``          the training loss moves (max - min) by less than               failure
+                         ``no_progress_drop`` of its first value, or the validation
+                         accuracy stays at chance
 ``majority_collapse``    ``collapse_share`` of validation predictions in one class,     failure
                          with the mean per-class recall near chance
 ``overfitting``          training accuracy above validation by ``overfit_gap``, with    failure
                          the validation loss ending ``overfit_rise`` above its minimum
                          or the gap held through the last ``overfit_epochs`` epochs
-``underfitting``         the best validation accuracy below ``underfit_accuracy``       failure
+``underfitting``         the best validation accuracy below ``underfit_accuracy``,      failure
+                         the validation loss no longer falling steeply
 ``healthy``              none of the above (never a trial at chance)                    --
 =======================  ============================================================  =======
 
@@ -143,7 +148,12 @@ def _rise(curves: Curves, t: Thresholds) -> str | None:
     """Why the losses count as rising (training loss climbing back, or a validation loss
     that never improved on its first epoch), else None."""
     train, val = curves.train_loss, curves.val_loss
-    if len(train) >= 2 and train[-1] - min(train) > t.divergence_rise * train[0]:
+    # a training loss that climbs back while validation holds is a bump (a stage unfrozen
+    # by gradual unfreezing, a schedule's restart), not divergence: it counts when the
+    # validation loss rose as well, or when the training loss ends above where it started
+    val_rose = len(val) >= 2 and val[-1] > min(val) * (1 + t.divergence_rise)
+    if len(train) >= 2 and train[-1] - min(train) > t.divergence_rise * train[0] \
+            and (val_rose or train[-1] > train[0]):
         low = 1 + train.index(min(train))
         return f"training loss rose from {min(train):.3f} (epoch {low}) to {train[-1]:.3f}"
     if len(val) >= 2 and val[-1] > val[0] * (1 + t.divergence_rise) \
@@ -155,8 +165,12 @@ def _rise(curves: Curves, t: Thresholds) -> str | None:
 def _divergence(curves: Curves, symptom: str, reading: Reading, context: Context,
                 t: Thresholds) -> Diagnosis:
     """``diverged``, or ``diverged_after_best`` for a trial whose best came before it."""
-    learned = bool(curves.val_acc) and max(curves.val_acc) >= t.underfit_accuracy
-    if context.top_quarter or (learned and context.ending != "pruned"):
+    acc = [v for v in curves.val_acc if math.isfinite(v)]
+    learned = bool(acc) and max(acc) >= t.underfit_accuracy
+    # a pruned trial still answering well (a bump as a stage unfreezes) has not diverged
+    holding = learned and math.isfinite(curves.val_acc[-1]) \
+        and curves.val_acc[-1] >= t.underfit_accuracy
+    if context.top_quarter or (learned and context.ending != "pruned") or holding:
         where = " (among the study's best quarter)" if context.top_quarter else ""
         return Diagnosis("diverged_after_best",
                          f"diverged after its best epoch {reading.best_epoch}{where}: "
@@ -185,9 +199,10 @@ def diagnose(curves: Curves, thresholds: Thresholds | None = None,
 def _stall(curves: Curves, t: Thresholds, reading: Reading) -> Diagnosis:
     """The labels after divergence: no progress, collapse, chance, over- and underfitting."""
     train = curves.train_loss
-    if len(train) >= 2 and train[0] > 0 and (train[0] - min(train)) < t.no_progress_drop * train[0]:
-        return Diagnosis("no_progress", f"training loss barely moved ({train[0]:.3f} -> "
-                                        f"{min(train):.3f})")
+    if len(train) >= 2 and train[0] > 0 \
+            and (max(train) - min(train)) < t.no_progress_drop * train[0]:
+        return Diagnosis("no_progress", f"training loss barely moved ({min(train):.3f} to "
+                                        f"{max(train):.3f} over {len(train)} epochs)")
     collapsed = _collapse(curves.confusion, t.collapse_share)
     if collapsed is not None:
         share, top = collapsed
@@ -199,10 +214,10 @@ def _stall(curves: Curves, t: Thresholds, reading: Reading) -> Diagnosis:
                                           f"still learning: {reading.shows(curves)}")
         return Diagnosis("no_progress", f"validation accuracy at chance after "
                                         f"{curves.epochs} epochs: {reading.shows(curves)}")
-    return _fit_quality(curves, t)
+    return _fit_quality(curves, t, reading)
 
 
-def _fit_quality(curves: Curves, t: Thresholds) -> Diagnosis:
+def _fit_quality(curves: Curves, t: Thresholds, reading: Reading) -> Diagnosis:
     """Overfitting, underfitting or healthy, from the accuracies and the validation loss."""
     train_acc, val_acc, val = curves.train_acc, curves.val_acc, curves.val_loss
     if not train_acc or not val_acc:
@@ -219,6 +234,10 @@ def _fit_quality(curves: Curves, t: Thresholds) -> Diagnosis:
                                             f"{val_acc[-1]:.2f}, a gap above "
                                             f"{t.overfit_gap:.2f} for {len(held)} epochs")
     if max(val_acc) < t.underfit_accuracy:
+        if reading.steep:
+            return Diagnosis("too_early", f"below {t.underfit_accuracy:.2f} after "
+                                          f"{curves.epochs} epochs but still learning: "
+                                          f"{reading.shows(curves)}")
         return Diagnosis("underfitting", f"best validation accuracy {max(val_acc):.2f} "
                                          f"(train {max(train_acc):.2f}), below "
                                          f"{t.underfit_accuracy:.2f}")

@@ -115,14 +115,31 @@ def test_a_recorded_competitive_curve_rising_after_its_best_epoch_is_no_failure(
 
 def test_a_rise_after_a_good_best_epoch_is_diverged_after_best_not_a_failure() -> None:
     # Learned to 0.92 by epoch 2, then the training loss climbed back: too high an LR.
-    given = curves([0.9, 0.4, 0.5, 0.9], [0.5, 0.3, 0.6, 1.2], [0.7, 0.9, 0.85, 0.6],
-                   [0.85, 0.92, 0.8, 0.6])
+    given = curves([0.9, 0.4, 0.5, 0.9], [0.5, 0.3, 0.6, 1.2], [0.7, 0.9, 0.85, 0.5],
+                   [0.85, 0.92, 0.8, 0.45])
     diagnosis = diagnose(given, context=Context("early"))
     assert diagnosis.label == "diverged_after_best"
     assert "best epoch 2" in diagnosis.reason
     assert not diagnosis.failure
-    # the same curves in a trial pruned for trailing the field: a failure
+    # the same curves in a trial pruned for trailing the field, answering badly: a failure
     assert diagnose(given, context=Context("pruned")).label == "diverged"
+
+
+def test_a_bump_as_a_stage_unfreezes_is_not_divergence() -> None:
+    # Recorded: gradual unfreezing (digits row 24), cut after epoch 4 as a pruner would:
+    # both losses jump the epoch a stage unfreezes while validation accuracy holds at 0.93.
+    given = recorded("digits", 24, epochs=4)
+    assert given.train_loss[-1] > 1.5 * min(given.train_loss)
+    diagnosis = diagnose(given, context=Context("pruned"))
+    assert not diagnosis.failure, diagnosis.explained()
+
+
+def test_a_loss_that_rose_and_fell_back_did_move() -> None:
+    # Recorded: a slow starter (imbalanced digits row 19) cut after epoch 3: its training
+    # loss went 2.43, 2.88, 2.54 while val accuracy rose 0.04, 0.11, 0.45.
+    diagnosis = diagnose(recorded("digits_imbalanced", 19, epochs=3), context=Context("pruned"))
+    assert "barely moved" not in diagnosis.reason
+    assert diagnosis.label == "too_early", diagnosis.reason  # the val loss still falls steeply
 
 
 def test_the_studys_best_quarter_is_never_labelled_diverged() -> None:
