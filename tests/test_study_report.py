@@ -108,10 +108,10 @@ def test_only_failures_count_and_notes_do_not(tmp_path: Path) -> None:
     assert report.failure_line().startswith("underfitting (1 of 5 diagnosed trials) -- fix: ")
 
 
-#: A competitive trial's stored curves: learned to 0.9 by epoch 2, then its training loss
-#: climbed back (the LR too high for the later epochs).
+#: A trial's stored curves: learned to 0.9 by epoch 2, then both losses climbed back and
+#: its validation accuracy fell to 0.45 (the LR too high for the later epochs).
 RISING = {"train_loss": [0.9, 0.4, 0.6], "val_loss": [0.5, 0.3, 0.9],
-          "train_acc": [0.7, 0.9, 0.8], "val_acc": [0.8, 0.9, 0.7]}
+          "train_acc": [0.7, 0.9, 0.5], "val_acc": [0.8, 0.9, 0.45]}
 
 
 def test_labels_are_read_again_against_the_final_field_and_retagged(tmp_path: Path) -> None:
