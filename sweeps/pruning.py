@@ -161,7 +161,8 @@ def judge_epoch(study: optuna.Study, trial: optuna.trial.Trial, epoch: int, valu
     if trial.should_prune():
         return Stop(True, said.pruned(value))
     pruner = study.pruner
-    if isinstance(pruner, StagnationPruner) and pruner.stagnates(
+    last = max_epochs is not None and epoch + 1 >= max_epochs  # nothing left to save
+    if isinstance(pruner, StagnationPruner) and not last and pruner.stagnates(
             [*reported, value], study.direction, max_epochs):
         return Stop(False, said.stagnated([*reported, value], pruner.patience(max_epochs),
                                           pruner.min_delta))

@@ -444,3 +444,12 @@ def test_a_completed_early_reason_gives_patience_best_and_epochs(
     assert not stop.pruned
     assert stop.reason == ("val/loss not improved by > 0 for 2 epochs at epoch 5 of 6 (best "
                            "0.1 at epoch 3): competitive, completed early")
+
+
+def test_stagnating_at_the_last_epoch_is_no_early_stop(
+        make_study: Callable[..., optuna.Study]) -> None:
+    # the same competitive, flattening curve with a budget of 5 epochs: it stagnates at its
+    # last epoch, where stopping saves nothing; it ran its budget, not "completed early"
+    study = make_study("maximize", StagnationPruner(patience=2, n_startup_trials=2))
+    complete_good_trials(study, 3)
+    assert judge_all(study, [0.2, 0.15, 0.1, 0.12, 0.11], max_epochs=5) is None
