@@ -175,3 +175,20 @@ def test_base_trial_false_and_no_portfolio_sample_every_trial(tmp_path: Path) ->
     (trial,) = trials(tmp_path)
     assert ATTR_ROLE not in trial.user_attrs
     assert not queued_params(trial)
+
+
+@pytest.mark.slow
+def test_a_fresh_seeded_study_draws_the_same_trials_after_its_base(tmp_path: Path) -> None:
+    # The queued base trial must not count as a resume: a resumed study reseeds its sampler
+    # (so it does not replay its own draws), and a fresh one with hydra.sweeper.seed must
+    # draw what the same command drew before.
+    drawn = []
+    for name in ("first", "second"):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        run("-m", *TINY, "logger=none", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.default_space.portfolio=null", cwd=cwd)
+        base, sampled = trials(cwd)
+        assert base.user_attrs[ATTR_ROLE] == "base"
+        drawn.append(sampled.params)
+    assert drawn[0] == drawn[1]

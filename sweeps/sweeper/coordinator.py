@@ -71,6 +71,7 @@ class StudySweeper:
         settings.preflight_base_config(self.config)
         url = resolve_storage_url(s.storage)
         study, created = create_study(s, space, url)
+        resumed = bool(study.trials) or not created  # before the first trials are queued
         if created:  # once per study: not on resume, not by a second worker
             first_trials.enqueue(study, self.config, space, s.base_trial, portfolio,
                                  s.n_trials)
@@ -78,8 +79,7 @@ class StudySweeper:
             label_for_viewers(study, str(self.config.objective.metric), s.monitor)
         hide_storage_password(self.config, url)
         self.url = url
-        if study.trials or not created:
-            # resumed, or another worker's study: do not replay the same seeded draws
+        if resumed:  # or another worker's study: do not replay the same seeded draws
             study.sampler.reseed_rng()
         run = StudyRun.open(self.config, study, url, s.sampler, s.pruner, created,
                             s.mlflow_params(space, str(self.config.objective.metric)))
