@@ -96,6 +96,11 @@ class Context:
             raise ValueError(f"ending {self.ending!r} is not one of {ENDINGS}")
 
 
+def fix_for(label: str) -> str:
+    """The usual fix of a label's cause (empty for ``healthy``)."""
+    return _FIXES.get(label, "")
+
+
 @dataclass(frozen=True)
 class Diagnosis:
     label: str
@@ -107,7 +112,7 @@ class Diagnosis:
 
     @property
     def fix(self) -> str:
-        return _FIXES.get(self.label, "")
+        return fix_for(self.label)
 
     def explained(self) -> str:
         """The reason and, for a label with one, its fix: what the trial's attributes, its

@@ -96,15 +96,17 @@ def run_study_trial(cfg: DictConfig) -> float:
     finally:
         seats.close()  # the fit is over: its GPU seat goes to the next trial
     with ledger.uninterrupted():  # the outcome is written whole, or Ctrl-C came before it
-        _diagnose(job, reporter, prepared)
-        return _tell_outcome(job, reporter, prepared.model)
+        model = prepared.model
+        value = best_objective(model) if model.best_objective.update_count else float("nan")
+        _diagnose(job, reporter, prepared, value)
+        return _tell_outcome(job, reporter, model, value)
 
 
-def _diagnose(job: _JobTrial, reporter: TrialReporter, prepared: PreparedTrial) -> None:
-    """The doctor's label for the fit, with how it ended and where it stands in the study
-    now (the study report reads it again against the final field), and the curves it read."""
-    model = prepared.model
-    value = best_objective(model) if model.best_objective.update_count else float("nan")
+def _diagnose(job: _JobTrial, reporter: TrialReporter, prepared: PreparedTrial,
+              value: float) -> None:
+    """The doctor's label for the fit (best objective ``value``), with how it ended and where
+    it stands in the study now (the study report reads it again against the final field),
+    and the curves it read."""
     completes = not reporter.pruned and math.isfinite(value)
     complete = [t.value for t in job.study.get_trials(deepcopy=False,
                                                       states=(TrialState.COMPLETE,))
@@ -194,9 +196,9 @@ def _record_failed_run(job: _JobTrial, cfg: DictConfig, message: str) -> None:
         ledger.set_trial_attr(job.study, job.id, ledger.ATTR_RUN_ID, run_id)
 
 
-def _tell_outcome(job: _JobTrial, reporter: TrialReporter, model: ImageClassifier) -> float:
+def _tell_outcome(job: _JobTrial, reporter: TrialReporter, model: ImageClassifier,
+                  value: float) -> float:
     trial, logger = job.trial, job.logger
-    value = best_objective(model) if model.best_objective.update_count else float("nan")
     if math.isfinite(value):
         trial.set_user_attr(ledger.ATTR_OBJECTIVE, value)
     tags: dict[str, str] = {}

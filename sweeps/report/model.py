@@ -26,7 +26,7 @@ from optuna.search_space import intersection_search_space
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from doctor.diagnosis import FAILURES, LABELS, Diagnosis
+from doctor.diagnosis import FAILURES, LABELS, Diagnosis, fix_for
 from doctor.settings import Thresholds
 from errors import one_line
 from sweeps import ledger
@@ -124,7 +124,7 @@ class StudyReport:
         if dominant is None:
             return f"none (no failure among {diagnosed} diagnosed trials)" if diagnosed \
                 else "none (no trial was diagnosed)"
-        fix = Diagnosis(dominant[0], "").fix
+        fix = fix_for(dominant[0])
         return f"{dominant[0]} ({dominant[1]} of {diagnosed} diagnosed trials) -- fix: {fix}"
 
     def best_line(self) -> str:
