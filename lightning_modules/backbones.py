@@ -63,6 +63,27 @@ def create_backbone(
     return _create(name, pretrained, weights_file, kwargs)
 
 
+def check_input_size(backbone: nn.Module, name: str, size: int) -> None:
+    """One forward pass of a blank image of side ``size``: an architecture that cannot take
+    it (Inception v3 below 75 px) fails here, in one line, not in the first training step.
+
+    The backbone is run in eval mode (BatchNorm takes a batch of one) and left as it was.
+    """
+    was_training = backbone.training
+    channels = int(getattr(backbone, "pretrained_cfg", {}).get("input_size", (3,))[0])
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            backbone(torch.zeros(1, channels, size, size))
+    except RuntimeError as err:
+        raise PlateauError(
+            f"data.image_size={size} is too small for backbone {name} "
+            f"({_mismatch(err)}): use a larger data.image_size, or null for its pretrained "
+            "size") from err
+    finally:
+        backbone.train(was_training)
+
+
 def _create(name: str, pretrained: bool, weights_file: str | None, kwargs: dict) -> nn.Module:
     if weights_file is not None:
         path = Path(weights_file).expanduser()

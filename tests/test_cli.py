@@ -90,9 +90,10 @@ MISTAKES = {
     "unparsable override": ([*TINY, "optimizer.lr=[1,2"],
                             "cannot parse the override 'optimizer.lr=[1,2'"),
     "epochs not a number": ([*TINY, "trainer.max_epochs=abc"],
-                            "trainer.max_epochs=abc is not a whole number"),
+                            "trainer.max_epochs=abc: trainer.max_epochs (epochs per trial) must be "
+                            "an integer >= 1"),
     "fractional batch size": ([*TINY, "data.batch_size=1.5"],
-                              "data.batch_size=1.5 is not a number of images"),
+                              "data.batch_size=1.5: data.batch_size must be an integer >= 1"),
     "batch larger than the data": ([*TINY, "data.batch_size=100000"],
                                    "data.batch_size=100000 is larger than the 39 training images"),
     "depth beyond stages": ([*TINY, "freeze.depth=9"], "freeze.depth=9"),

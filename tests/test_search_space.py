@@ -109,7 +109,7 @@ def test_shuffled_sweep_parses_to_the_same_distribution_every_time(
     # study: Optuna refuses a categorical param whose choices changed order.
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
     for _ in range(3):
-        space = parse_search_space({"seed": expression}, [])
+        space = parse_search_space({"augment": expression}, [])
         trial = study.ask(fixed_distributions=space.distributions)
         study.tell(trial, 0.0)
 
@@ -343,7 +343,7 @@ def test_grid_choices_lists_every_value_of_discrete_params() -> None:
     space = parse_search_space({
         "freeze": "choice(depth, all)",
         "freeze.depth": "range(1, 5)",
-        "data.batch_size": "range(0, 10, step=3)",
+        "data.batch_size": "range(1, 10, step=3)",
         "model.net.sizes": "choice([1,2],[2,4])",
         "trainer.max_epochs": "int(interval(1, 3))",
     }, [])
@@ -351,7 +351,7 @@ def test_grid_choices_lists_every_value_of_discrete_params() -> None:
     assert grid_choices(space) == {
         "freeze": ["depth", "all"],
         "freeze.depth": [1, 2, 3, 4],
-        "data.batch_size": [0, 3, 6, 9],
+        "data.batch_size": [1, 4, 7],
         "model.net.sizes": ["[1,2]", "[2,4]"],
         "trainer.max_epochs": [1, 2, 3],
     }

@@ -23,6 +23,7 @@ from omegaconf.errors import MissingMandatoryValue
 from data_modules.class_balance import ClassWeighting
 from data_modules.datamodules import ClassificationDataModule
 from errors import PlateauError
+from lightning_modules.backbones import check_input_size
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.freezing import StageFreezing
 from sweeps import devices
@@ -82,21 +83,6 @@ def check_objective(cfg: DictConfig) -> tuple[str, str]:
     return metric, direction
 
 
-#: Trainer settings Lightning takes as whole numbers without checking: text or a fraction
-#: there would fail only inside the fit, after the MLflow run exists.
-WHOLE_TRAINER_SETTINGS = ("max_epochs", "min_epochs", "max_steps", "accumulate_grad_batches",
-                          "check_val_every_n_epoch", "log_every_n_steps", "num_sanity_val_steps")
-
-
-def check_trainer(trainer_cfg: DictConfig) -> None:
-    """Each of :data:`WHOLE_TRAINER_SETTINGS` that is set must be an int."""
-    for key in WHOLE_TRAINER_SETTINGS:
-        value = trainer_cfg.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise PlateauError(f"trainer.{key}={value} is not a whole number; give one, e.g. "
-                               f"trainer.{key}=5")
-
-
 def _single_log_stream() -> None:
     """Lightning adds a stderr handler to its ``lightning`` logger on import; where Hydra has
     configured the root logger, that prints every Lightning line twice. Keep Hydra's."""
@@ -122,16 +108,18 @@ def build_parts(cfg: DictConfig) -> TrialParts:
     """Seed, then build backbone, freezing, class weighting, data (set up) and the module."""
     _single_log_stream()
     metric, direction = check_objective(cfg)
-    check_trainer(cfg.trainer)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = build(cfg, "backbone")
+    pretrained = timm.data.resolve_model_data_config(backbone)
+    check_input_size(backbone, str(cfg.backbone.name),
+                     int(cfg.data.image_size or pretrained["input_size"][-1]))
     freezing = build(cfg, "freeze")
     if isinstance(freezing, StageFreezing):
         freezing.check(backbone)
     weighting = build(cfg, "class_weight")
     datamodule = build(
         cfg, "data",
-        pretrained_config=timm.data.resolve_model_data_config(backbone),
+        pretrained_config=pretrained,
         augmentation=build(cfg, "augment"),
         balanced_sampling=weighting.resamples,
     )

@@ -20,6 +20,7 @@ from sweeps.job.prepare import prepare_trial
 from sweeps.job.reporter import RankZeroStop
 from sweeps.job.study_trial import run_study_trial
 from sweeps.metrics import apply_optimized_metric
+from sweeps.schema.checks import check_config
 from sweeps.verbosity import is_quiet, quiet_libraries
 
 
@@ -34,6 +35,7 @@ def run_trial(cfg: DictConfig) -> float:
     """
     keep_freed_memory()  # every process that trains: sweep, launcher's, DDP rank, single run
     apply_optimized_metric(cfg)
+    check_config(cfg)  # before anything is created: a wrong value is one line
     if is_quiet(cfg, sweep=cfg.get("trial") is not None):
         quiet_libraries()  # again in each job: Hydra configures logging anew for every job
     if ddp.ddp_rank() > 0:

@@ -24,6 +24,7 @@ from sweeps.metrics import apply_optimized_metric
 from sweeps.report import best, terminal
 from sweeps.report.diagnoses import final_labels, thresholds_of
 from sweeps.report.study_run import StudyRun
+from sweeps.schema.checks import check_config
 from sweeps.storage import hide_storage_password, mask_password, resolve_storage_url
 from sweeps.sweeper import closing, first_trials, settings
 from sweeps.sweeper.asking import Asker, Deadline, FailureRate
@@ -55,6 +56,7 @@ class StudySweeper:
         if verbosity.is_quiet(self.config, sweep=True):
             verbosity.quiet_libraries()
         self.settings.check()
+        check_config(self.config)  # the base config; the space's bounds: parse_search_space
         settings.check_launcher(self.launcher, self.config)
         settings.check_objective(self.config, self.settings.direction)
         settings.check_nodes(self.config)

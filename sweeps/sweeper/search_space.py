@@ -39,6 +39,7 @@ from optuna.distributions import (
 )
 
 from errors import PlateauError
+from sweeps.schema.checks import check_space
 
 _PRIMITIVE = (str, int, float, bool, type(None))
 
@@ -225,6 +226,9 @@ def parse_search_space(params: dict[str, Any] | None, arguments: list[str],
                            "hydra.sweeper.params (see conf/search/default.yaml) or sweep a key "
                            "on the command line (optimizer.lr='interval(1e-4, 1e-2)'); one "
                            "trial runs without -m")
+    sampled = space.distributions | {name: dist for name, (_, _, dist)
+                                     in space.conditional.items()}
+    check_space(sampled, space.fixed, space.described())
     return space
 
 
