@@ -11,15 +11,19 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import pickle
+import re
 import socket
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from errors import PlateauError
+from errors import PlateauError, one_line
 from lightning_modules.offline_weights import OFFLINE_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -120,7 +124,7 @@ def _from_file(name: str, path: Path, kwargs: dict, source: str) -> nn.Module:
     classifier is accepted too: its ``backbone.*`` keys are used.
     """
     model = timm.create_model(name, pretrained=False, **kwargs)
-    state_dict = timm.models.load_state_dict(str(path), weights_only=True)
+    state_dict = _read_weights(path, source)
     if any(key.startswith("backbone.") for key in state_dict):
         state_dict = {key[len("backbone."):]: value for key, value in state_dict.items()
                       if key.startswith("backbone.")}
@@ -132,6 +136,36 @@ def _from_file(name: str, path: Path, kwargs: dict, source: str) -> nn.Module:
             "weights saved from this architecture, or pick the matching backbone.name"
         ) from err
     return model
+
+
+#: What reading a file that is not a checkpoint raises, by format: torch's pickle (zip or
+#: legacy), safetensors' header, or the file system.
+_UNREADABLE = (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError,
+               zipfile.BadZipFile, SafetensorError)
+_GLOBALS = re.compile(r"Unsupported globals?: ([^.]+(?:\.[\w]+)*)")
+
+
+def _read_weights(path: Path, source: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (torch checkpoint or safetensors), read without running
+    any pickled code; a file that is not one is a one-line error saying which it is."""
+    save = "save one with torch.save(model.state_dict(), path) or give a .safetensors file"
+    try:
+        state_dict = timm.models.load_state_dict(str(path), weights_only=True)
+    except OSError as err:
+        raise PlateauError(f"{source} cannot be read ({one_line(err, 160)}): check the path "
+                           "and its permissions") from err
+    except _UNREADABLE as err:
+        found = _GLOBALS.search(str(err))
+        if found:  # a pickle of Python objects (a whole model), not a dict of tensors
+            raise PlateauError(f"{source} holds pickled Python objects ({found[1]}), not a "
+                               f"state dict of tensors: {save}") from err
+        why = "" if isinstance(err, (KeyError, EOFError)) else f" ({one_line(err, 120)})"
+        raise PlateauError(f"{source} is not a torch checkpoint or safetensors file{why}: "
+                           f"{save}") from err
+    if not isinstance(state_dict, dict):
+        raise PlateauError(f"{source} holds a {type(state_dict).__name__}, not a state dict "
+                           f"of tensors: {save}")
+    return state_dict
 
 
 def _mismatch(err: RuntimeError) -> str:

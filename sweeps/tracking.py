@@ -7,6 +7,9 @@ trial's own run goes through Lightning's logger (:mod:`sweeps.job.logger`).
 from __future__ import annotations
 
 import json
+import os
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from errors import PlateauError, one_line
 from sweeps.races import creating_sqlite, retrying, sqlite_file
-from sweeps.storage import launch_dir
+from sweeps.storage import launch_dir, mask_password
 from sweeps.writable import check_folder
 
 #: Config groups whose choice is tagged on every run, so the MLflow UI can filter and group.
@@ -120,19 +124,85 @@ def mlflow_config(cfg: DictConfig) -> DictConfig | None:
     return logger_cfg if logger_cfg and logger_cfg.get("_target_") is not None else None
 
 
+#: MLflow's HTTP retries, unless the user set them: its defaults (7 retries, backoff factor
+#: 2, 120 s timeout) keep a trial waiting about 4 minutes on a server that went away.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+#: Seconds the one check of a tracking server or database waits for an answer.
+PROBE_TIMEOUT_S = 5.0
+
+
 def check_store(cfg: DictConfig) -> None:
-    """A local MLflow store (sqlite file or ``file:`` folder) must be creatable: a mistake
-    there is a one-line error before a study or run exists. Servers are not contacted."""
+    """The MLflow store must be usable before a study or run exists: a local one (sqlite file
+    or ``file:`` folder) creatable, a tracking server or database answering within
+    :data:`PROBE_TIMEOUT_S`. Otherwise one line naming the URI. Bounds MLflow's own retries
+    (:data:`HTTP_RETRY_DEFAULTS`) for this process and the trials it starts."""
     logger_cfg = mlflow_config(cfg)
     if logger_cfg is None:
         return
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     uri = absolute_tracking_uri(logger_cfg.tracking_uri)
+    if urlparse(uri).scheme in ("http", "https"):
+        _probe_server(uri)
+        return
+    if sqlite_file(uri) is None and "://" in uri and not uri.startswith("file:"):
+        _probe_database(uri)
+        return
     database = sqlite_file(uri)
     parsed = urlparse(uri)
     folder = (database.parent if database is not None
               else Path(parsed.path) if parsed.scheme in ("", "file") else None)
     if folder is not None:
         check_folder(folder, "logger.tracking_uri", logger_cfg.tracking_uri)
+
+
+def _unreachable(uri: str, reason: str) -> PlateauError:
+    return PlateauError(
+        f"logger.tracking_uri={mask_password(uri)}: no MLflow tracking store answers there "
+        f"({reason}); start the server or database, point logger.tracking_uri at one that "
+        "runs, or log locally with logger.tracking_uri=sqlite:///mlflow.db")
+
+
+def _probe_server(uri: str) -> None:
+    """GET the server's ``/health`` once (MLflow's server answers ``OK``)."""
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=PROBE_TIMEOUT_S) as response:
+            response.read(64)
+    except urllib.error.HTTPError as err:  # it answers: a server (perhaps behind a proxy)
+        if err.code >= 500:
+            raise _unreachable(uri, f"HTTP {err.code} from {health}") from err
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise _unreachable(uri, one_line(reason, 160)) from err
+
+
+def _probe_database(uri: str) -> None:
+    """Connect once to a database store (``postgresql://``, ``mysql://`` ...)."""
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    connect_args = {"connect_timeout": int(PROBE_TIMEOUT_S)} if uri.startswith(
+        ("postgresql", "mysql")) else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
+    except (ArgumentError, NoSuchModuleError, ImportError):
+        return  # not a database URL: MLflow's own store plugins judge it
+    try:
+        with engine.connect():
+            pass
+    except ImportError as err:  # the dialect's driver is loaded on first connect
+        raise PlateauError(
+            f"logger.tracking_uri={mask_password(uri)}: its database driver is not installed "
+            f"({one_line(err, 120)}); install it (e.g. pip install psycopg2-binary for "
+            "postgresql+psycopg2://), or log locally with logger.tracking_uri=sqlite:///mlflow.db"
+        ) from err
+    except SQLAlchemyError as err:
+        raise _unreachable(uri, one_line(getattr(err, "orig", err), 160)) from err
+    finally:
+        engine.dispose()
 
 
 def knob_tags(choices: dict[str, str]) -> dict[str, str]:
