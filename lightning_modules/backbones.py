@@ -140,8 +140,8 @@ def _from_file(name: str, path: Path, kwargs: dict, source: str) -> nn.Module:
 
 #: What reading a file that is not a checkpoint raises, by format: torch's pickle (zip or
 #: legacy), safetensors' header, or the file system.
-_UNREADABLE = (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError,
-               zipfile.BadZipFile, SafetensorError)
+_UNREADABLE = (pickle.UnpicklingError, RuntimeError, KeyError, IndexError, EOFError,
+               ValueError, TypeError, zipfile.BadZipFile, SafetensorError)
 _GLOBALS = re.compile(r"Unsupported globals?: ([^.]+(?:\.[\w]+)*)")
 
 
@@ -159,7 +159,8 @@ def _read_weights(path: Path, source: str) -> dict[str, torch.Tensor]:
         if found:  # a pickle of Python objects (a whole model), not a dict of tensors
             raise PlateauError(f"{source} holds pickled Python objects ({found[1]}), not a "
                                f"state dict of tensors: {save}") from err
-        why = "" if isinstance(err, (KeyError, EOFError)) else f" ({one_line(err, 120)})"
+        terse = isinstance(err, (KeyError, IndexError, EOFError))  # the unpickler's internals
+        why = "" if terse else f" ({one_line(err, 120)})"
         raise PlateauError(f"{source} is not a torch checkpoint or safetensors file{why}: "
                            f"{save}") from err
     if not isinstance(state_dict, dict):

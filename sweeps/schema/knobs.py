@@ -183,7 +183,9 @@ class LoggerConf(Checked):
     experiment_name: Any = text()
 
 
-#: Every node checked, in the order a reader meets them in ``conf/config.yaml``.
+#: Every node checked. Nodes that others interpolate come first (``seed`` in ``data.seed``,
+#: ``regularization.*`` in the backbone's drop path and the optimizer's weight decay), so a
+#: wrong value is named where the user set it.
 KNOBS: tuple[type[Checked], ...] = (
-    RunConf, DataConf, BackboneConf, FreezeConf, AugmentConf, ClassWeightConf,
-    RegularizationConf, LrScheduleConf, SchedulerConf, OptimizerConf, TrainerConf, LoggerConf)
+    RunConf, RegularizationConf, DataConf, BackboneConf, FreezeConf, AugmentConf,
+    ClassWeightConf, LrScheduleConf, SchedulerConf, OptimizerConf, TrainerConf, LoggerConf)
