@@ -196,3 +196,17 @@ def test_a_weights_file_that_is_not_a_checkpoint_says_so(
     assert f"backbone.weights_file={text} is not a torch checkpoint or safetensors" in (
         result.stderr)
     assert "weights_only=False" not in result.output
+
+
+def test_an_input_the_architecture_cannot_take_is_one_line_before_training() -> None:
+    """Inception v3 states no minimum to timm but cannot take 64 px: the one forward pass of
+    a blank image when the backbone is built says so."""
+    from lightning_modules.backbones import check_input_size, create_backbone
+
+    backbone = create_backbone("inception_v3", pretrained=False)
+    check_input_size(backbone, "inception_v3", 299)
+    assert backbone.training
+    with pytest.raises(PlateauError, match=r"^data\.image_size=64 is too small for backbone "
+                                           r"inception_v3 \(.*\): use a larger"):
+        check_input_size(backbone, "inception_v3", 64)
+    assert backbone.training  # left as it was

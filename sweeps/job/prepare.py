@@ -25,6 +25,7 @@ from lightning_modules.freezing import StageFreezing
 from sweeps import tracking
 from sweeps.job import logger as trial_logger
 from sweeps.job.build import TrialParts, build, build_parts, first_device, resolve_precision
+from sweeps.schema.checks import check_config
 from sweeps.verbosity import is_quiet
 
 SettingsT = TypeVar("SettingsT")
@@ -77,6 +78,7 @@ def preflight_config(cfg: DictConfig) -> PreflightReport:
     job = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
     with open_dict(job):
         job["trial"] = None
+    check_config(job)  # python -m doctor preflight reads the same values as a trial
     return preflight(job, build_parts(job))
 
 
