@@ -20,6 +20,7 @@ such an image is over half a gigabyte of pixels at each decode (each epoch witho
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -75,6 +76,31 @@ class UnreadableImageError(PlateauError):
         super().__init__(message)
 
 
+#: ``errno`` values that say nothing about the file: the disk, the network filesystem or the
+#: machine failed for a moment (EIO on NFS, a stale handle, a time-out, no memory).
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EINTR, errno.ENOMEM,
+                              errno.ETIMEDOUT, errno.ESTALE, errno.ENOLINK, errno.ECOMM,
+                              errno.ECONNRESET, errno.ENETDOWN, errno.EHOSTDOWN})
+
+
+class TransientReadError(PlateauError):
+    """A file that could not be read for a reason that is not the file's: never a verdict."""
+
+
+def verdict(path: Path, err: BaseException) -> str:
+    """Why ``path`` is bad, from the error reading it raised (:func:`problem`); raises
+    :class:`TransientReadError` instead when the error is the machine's, not the file's (a
+    ``MemoryError``, a transient :data:`TRANSIENT_ERRNOS` error): recorded as a bad file,
+    it would drop a good image from every later run."""
+    if isinstance(err, MemoryError) or (isinstance(err, OSError)
+                                        and err.errno in TRANSIENT_ERRNOS):
+        raise TransientReadError(
+            f"image {path} could not be read ({type(err).__name__}: {one_line(err, 200)}): "
+            "the disk, filesystem or memory failed, not the file; nothing was recorded "
+            "about it: run again") from err
+    return problem(err)
+
+
 def problem(err: BaseException) -> str:
     """Why a file failed to decode, in a few words, from the error PIL (or the OS) raised."""
     if isinstance(err, Image.DecompressionBombError):
@@ -97,7 +123,7 @@ def unreadable(path: Path) -> str | None:
     try:
         size = path.stat().st_size
     except OSError as err:
-        return problem(err)
+        return verdict(path, err)
     if size == 0:
         return "zero bytes"
     if not os.access(path, os.R_OK):
@@ -112,7 +138,7 @@ def decode_problem(path: Path) -> str | None:
             image.load()
             images.to_rgb(image)
     except Exception as err:  # noqa: BLE001 -- Pillow raises many kinds on a bad file
-        return problem(err)
+        return verdict(path, err)
     return None
 
 

@@ -48,7 +48,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from data_modules import images
-from data_modules.bad_files import BadFile, BadImages, problem, read_image
+from data_modules.bad_files import BadFile, BadImages, read_image, verdict
 from data_modules.cache_dir import discard_entry, publish, staging_folder
 from data_modules.datamodules import ImageDataset
 from data_modules.transforms import leaves
@@ -239,7 +239,7 @@ class DecodedCache:
         try:
             return self.decode(path)
         except Exception as err:  # noqa: BLE001 -- Pillow raises many kinds on a bad file
-            return problem(err)
+            return verdict(path, err)  # the machine's errors are raised, never kept
 
     def _build(self, folder: Path, files: Sequence[Path], keep_bad: bool = False) -> list[BadFile]:
         """Decode ``files`` into the entry ``folder``; the files that did not decode.

@@ -3,8 +3,8 @@ use of Optuna's private API.
 
 Trial user attributes (``ATTR_*``) are plateau's bookkeeping, read by the job, the sweeper,
 the MLflow study run and the report alike. The budget states (:func:`is_finished`,
-:func:`claims_budget`, :func:`within_budget`, :func:`withdraw`, :func:`abandon`) decide
-which trials count toward ``n_trials``.
+:func:`claims_budget`, :func:`within_budget`) decide which trials count toward ``n_trials``;
+:mod:`sweeps.ending` ends trials by these rules, each exactly once.
 
 Optuna has no public way to rebuild a live trial in another process, to suggest from a
 ready-made distribution, or to write a trial's attributes by id; plateau needs all three.
@@ -19,11 +19,10 @@ Imports Optuna and the standard library only.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -41,7 +40,15 @@ ATTR_HALT = "halts_sweep"
 #: Asked by one worker while others had already claimed the rest of the budget: never run.
 ATTR_WITHDRAWN = "withdrawn"
 ATTR_HEARTBEAT = "heartbeat"
+#: The process that runs the trial (:func:`sweeps.liveness.owner_id`): the sweeper that asked
+#: it, then its job.
 ATTR_OWNER = "owner"
+#: The job's own process (:func:`sweeps.liveness.owner_id`), written as the job starts: a
+#: trial that has it ran, and its death is a crash, not a launch that failed.
+ATTR_JOB = "job"
+#: Times the trial's params were launched again after their process died (see
+#: :func:`sweeps.ending.abandon`), carried by each re-queued trial.
+ATTR_RELAUNCHES = "relaunches"
 ATTR_RUN_ID = "mlflow_run_id"
 ATTR_OVERRIDES = "overrides"
 ATTR_OBJECTIVE = "best_objective"
@@ -126,6 +133,22 @@ def queued_params(trial: FrozenTrial) -> dict[str, Any]:
     return dict(trial.system_attrs.get("fixed_params") or {})
 
 
+def storage_file(study: optuna.Study) -> Path | None:
+    """The file ``study`` is stored in (sqlite, journal); None for a server."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    url = getattr(backend, "url", None)
+    if isinstance(url, str):
+        return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+    path = getattr(backend, "_file_path", None)
+    return Path(path) if isinstance(path, str) else None
+
+
+def storage_engine(study: optuna.Study) -> Any:
+    """The SQLAlchemy engine of ``study``'s database server storage; None for a file."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    return getattr(backend, "engine", None) if storage_file(study) is None else None
+
+
 def tell_pruned(study: optuna.Study, trial_id: int, value: float | None) -> None:
     """Tell the running trial ``trial_id`` PRUNED with ``value``, its best objective so far.
 
@@ -141,32 +164,11 @@ def tell_pruned(study: optuna.Study, trial_id: int, value: float | None) -> None
         study._storage.set_trial_state_values(trial_id, TrialState.PRUNED, values)
 
 
-# -- who runs a trial ----------------------------------------------------------------------
-
-def owner_id() -> str:
-    """``host:pid`` of this process, to tell live trials from those of a killed sweep."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_alive(owner: str) -> bool | None:
-    """Whether the :func:`owner_id` process still runs; None when it is on another host."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, under another user
-        return True
-    return True
-
-
 # -- the budget ----------------------------------------------------------------------------
 
 def is_finished(trial: FrozenTrial) -> bool:
     """Counts toward ``n_trials`` (and in the study report): COMPLETE, PRUNED, or FAIL not
-    caused by an interruption (see :func:`abandon`) nor a withdrawal (see :func:`withdraw`)."""
+    caused by an interruption nor a withdrawal (see :mod:`sweeps.ending`)."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and not (
@@ -198,32 +200,11 @@ def within_budget(trials: Sequence[FrozenTrial], trial_number: int, n_trials: in
     return len(before) < n_trials
 
 
-def enqueue(study: optuna.Study, params: dict[str, Any], role: str = "") -> None:
-    """Queue ``params`` for the next trial asked, with its :data:`ATTR_ROLE` when given."""
-    study.enqueue_trial(params, user_attrs={ATTR_ROLE: role} if role else None,
-                        skip_if_exists=False)
-
-
-def withdraw(study: optuna.Study, trial_id: int) -> None:
-    """End an asked trial that will never run (the budget went to another worker).
-
-    It is told FAIL marked ``withdrawn``, which does not count toward ``n_trials``; params it
-    took from the queue (a re-run of an interrupted trial) are queued again.
-    """
-    frozen = frozen_trial(study, trial_id)
-    set_trial_attr(study, trial_id, ATTR_WITHDRAWN, True)
-    study.tell(frozen.number, state=TrialState.FAIL)
-    fixed = queued_params(frozen)
-    if fixed or ATTR_ROLE in frozen.user_attrs:
-        enqueue(study, fixed, frozen.user_attrs.get(ATTR_ROLE, ""))
-
-
-def abandon(study: optuna.Study, trial_id: int) -> None:
-    """Fail a trial cut off by an interrupted or killed sweep and queue its params again.
-
-    Marked ``interrupted``, it does not count toward ``n_trials``; the re-queued trial does.
-    """
-    frozen = frozen_trial(study, trial_id)
-    set_trial_attr(study, trial_id, ATTR_INTERRUPTED, True)
-    study.tell(frozen.number, state=TrialState.FAIL)
-    enqueue(study, frozen.params, frozen.user_attrs.get(ATTR_ROLE, ""))
+def enqueue(study: optuna.Study, params: dict[str, Any], role: str = "",
+            relaunches: int = 0) -> None:
+    """Queue ``params`` for the next trial asked, with its :data:`ATTR_ROLE` and
+    :data:`ATTR_RELAUNCHES` when given."""
+    attrs: dict[str, Any] = {ATTR_ROLE: role} if role else {}
+    if relaunches:
+        attrs[ATTR_RELAUNCHES] = relaunches
+    study.enqueue_trial(params, user_attrs=attrs or None, skip_if_exists=False)

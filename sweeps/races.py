@@ -5,7 +5,8 @@ database all try to create its tables and run its schema migrations; the losers 
 integrity, "database is locked" or alembic error, and a migration interrupted that way can
 leave the file half-migrated. :func:`creating_sqlite` makes the processes take turns on a
 sqlite file's first use; :func:`retrying` runs a first use on a server (PostgreSQL, an MLflow
-tracking server) again after a short, jittered pause.
+tracking server) again after a short, jittered pause, when it failed on another worker's
+first use or on a server busy a moment (never on a wrong password).
 """
 
 from __future__ import annotations
@@ -25,14 +26,40 @@ T = TypeVar("T")
 
 ATTEMPTS = 5
 
+#: Words of the errors worth another try: a store another worker is creating or migrating at
+#: the same moment (SQLAlchemy's, psycopg2's, sqlite's, alembic's and MLflow's wording), or a
+#: server that refuses connections a moment (restarting, at its connection limit).
+TRANSIENT = ("database is locked", "database table is locked", "already exists",
+             "duplicate key", "unique constraint", "deadlock detected", "could not serialize",
+             "can't locate revision", "connection refused", "server closed the connection",
+             "connection reset", "too many connections", "the database system is starting up",
+             "temporarily unavailable", "timed out")
+#: Words of errors no retry mends, even where a transient word appears too.
+PERMANENT = ("authentication failed", "password", "permission denied", "access denied",
+             "not authorized", "unauthorized", "forbidden")
+
+
+def transient(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) is one of :data:`TRANSIENT`, and
+    none of :data:`PERMANENT`: a wrong password or a missing grant fails at once."""
+    texts: list[str] = []
+    seen: BaseException | None = err
+    while seen is not None and len(texts) < 10:
+        texts.append(f"{type(seen).__name__}: {seen}".lower())
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(texts)
+    return (any(word in text for word in TRANSIENT)
+            and not any(word in text for word in PERMANENT))
+
 
 def retrying(what: str, action: Callable[[], T], attempts: int = ATTEMPTS) -> T:
-    """``action()``, tried up to ``attempts`` times; the last failure propagates."""
+    """``action()``, tried up to ``attempts`` times while it fails with a :func:`transient`
+    error; any other error, and the last failure, propagates."""
     for attempt in range(1, attempts + 1):
         try:
             return action()
         except Exception as err:
-            if attempt == attempts:
+            if attempt == attempts or not transient(err):
                 raise
             pause = 0.2 * attempt * (1.0 + random.random())
             log.debug("%s failed (%s: %s); retrying in %.1f s", what, type(err).__name__,

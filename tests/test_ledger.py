@@ -4,7 +4,6 @@ relies on, and none happens outside ``sweeps/ledger.py``."""
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,8 @@ from conftest import ROOT
 from sweeps import ledger
 
 #: Optuna's private names plateau uses; each may appear in the ledger only.
-PRIVATE = {"_storage", "_trial_id", "_suggest", "_study_id", "_cached_frozen_trial"}
+PRIVATE = {"_storage", "_trial_id", "_suggest", "_study_id", "_cached_frozen_trial", "_backend",
+           "_file_path"}
 
 
 @pytest.fixture
@@ -94,43 +94,11 @@ def test_queued_params_of_an_asked_trial_is_empty(study: optuna.Study) -> None:
     assert ledger.queued_params(study.get_trials()[0]) == {}
 
 
-def test_abandon_fails_the_trial_uncounted_and_queues_its_params(study: optuna.Study) -> None:
-    trial = study.ask()
-    ledger.suggest(trial, "freeze", CategoricalDistribution(["none", "depth"]))
-    ledger.abandon(study, ledger.trial_id(trial))
-    cut, queued = study.get_trials()
-    assert cut.state == TrialState.FAIL
-    assert cut.user_attrs[ledger.ATTR_INTERRUPTED]
-    assert not ledger.is_finished(cut)
-    assert queued.state == TrialState.WAITING
-    assert ledger.queued_params(queued) == cut.params
-
-
-def test_withdraw_queues_only_params_taken_from_the_queue(study: optuna.Study) -> None:
-    study.enqueue_trial({"freeze": "depth"})
-    from_queue, fresh = study.ask(), study.ask()
-    ledger.withdraw(study, ledger.trial_id(from_queue))
-    ledger.withdraw(study, ledger.trial_id(fresh))
-    trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
-    assert not any(ledger.claims_budget(t) for t in trials[:2])
-    assert ledger.queued_params(trials[2]) == {"freeze": "depth"}
-
-
 def test_within_budget_gives_the_last_unit_to_the_earlier_number(study: optuna.Study) -> None:
     first, second = study.ask(), study.ask()
     trials = study.get_trials()
     assert ledger.within_budget(trials, first.number, n_trials=1)
     assert not ledger.within_budget(trials, second.number, n_trials=1)
-
-
-def test_owner_of_this_process_is_alive_and_a_dead_pid_is_not() -> None:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    host = ledger.owner_id().rpartition(":")[0]
-    assert ledger.owner_alive(ledger.owner_id()) is True
-    assert ledger.owner_alive(f"{host}:{done.stdout.strip()}") is False
-    assert ledger.owner_alive(f"another-host-{os.getpid()}:1") is None
 
 
 def _private_uses(path: Path) -> list[str]:

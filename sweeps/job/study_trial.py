@@ -19,12 +19,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from doctor.diagnosis import Context, in_top_quarter
 from errors import error_line
 from lightning_modules.classifier import ImageClassifier
-from sweeps import devices, ledger, tracking
+from sweeps import devices, ending, ledger, liveness, tracking
 from sweeps.job import ddp
 from sweeps.job import logger as trial_logger
 from sweeps.job.build import best_objective
@@ -60,8 +61,16 @@ class _JobTrial:
         if parent:
             self.tags["mlflow.parentRunId"] = parent
 
-    def beat(self) -> None:
-        self.trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
+    def beat(self, now: float | None = None) -> None:
+        """Write the trial's heartbeat (storage only: safe from the heartbeat's thread)."""
+        ledger.set_trial_attr(self.study, self.id, ledger.ATTR_HEARTBEAT,
+                              time.time() if now is None else now)
+
+    def heartbeat(self) -> liveness.Heartbeat:
+        """The trial's heartbeat thread, four beats per ``heartbeat_timeout_s``."""
+        timeout = float(self.sweeper.get("heartbeat_timeout_s", 600.0))
+        return liveness.Heartbeat(self.beat, liveness.period_for(timeout),
+                                  stop_on=(UpdateFinishedTrialError,))
 
 
 def run_study_trial(cfg: DictConfig) -> float:
@@ -69,37 +78,47 @@ def run_study_trial(cfg: DictConfig) -> float:
 
     On a machine with GPUs the trial first takes a seat on its own GPU
     (:func:`sweeps.devices.trial_gpus`), waiting while parallel trials hold every seat.
-    A trial that raises is told FAIL with its error as the ``error`` user attribute (and
-    MLflow tag); the job itself returns NaN instead of raising, so the sweep goes on. An
-    interrupt (Ctrl-C) marks the trial FAIL with ``interrupted`` and propagates.
+    A thread writes the trial's heartbeat meanwhile, however long an epoch lasts. A trial
+    that raises, in its fit or after it (its diagnosis, its MLflow run, its tell), is told
+    FAIL with its error as the ``error`` user attribute (and MLflow tag), and so is a trial
+    without a finite objective; the job itself returns NaN instead of raising, so the sweep
+    goes on. An interrupt (Ctrl-C) marks the trial FAIL with ``interrupted`` and propagates.
     """
     with ledger.uninterrupted():
         job = _JobTrial(int(cfg.trial))
-        job.trial.set_user_attr(ledger.ATTR_OWNER, ledger.owner_id())
-        job.beat()
+        me = liveness.owner_id()
+        ledger.set_trial_attr(job.study, job.id, ledger.ATTR_OWNER, me)
+        ledger.set_trial_attr(job.study, job.id, ledger.ATTR_JOB, me)
     reporter = TrialReporter(job.study, job.trial, job.sweeper.monitor)
-    seats = contextlib.ExitStack()
     try:
-        seats.enter_context(devices.trial_gpus(
-            cfg.trainer, job.sweeper.get("trials_per_gpu", 1), beat=job.beat))
-        prepared = _fit(cfg, job, reporter)
+        with job.heartbeat():
+            with contextlib.ExitStack() as seats:  # the fit over, its seat goes to the next
+                seats.enter_context(devices.trial_gpus(
+                    cfg.trainer, job.sweeper.get("trials_per_gpu", 1), beat=job.beat))
+                prepared = _fit(cfg, job, reporter)
+            with ledger.uninterrupted():  # the outcome is written whole, or Ctrl-C came first
+                return _finish(job, reporter, prepared)
     except (KeyboardInterrupt, SystemExit):
         with ledger.uninterrupted():
-            ledger.abandon(job.study, job.id)
-            trial_logger.end_trial_run(job.logger, "FAIL", {"plateau.interrupted": "true"},
-                                       "KILLED")
+            if ending.abandon(job.study, job.id):
+                trial_logger.end_trial_run(job.logger, "FAIL",
+                                           {"plateau.interrupted": "true"}, "KILLED")
         raise KeyboardInterrupt from None
     except Exception as err:  # a failing trial must not end the sweep
         with ledger.uninterrupted():
             _fail(cfg, job, err)
         return float("nan")
-    finally:
-        seats.close()  # the fit is over: its GPU seat goes to the next trial
-    with ledger.uninterrupted():  # the outcome is written whole, or Ctrl-C came before it
-        model = prepared.model
-        value = best_objective(model) if model.best_objective.update_count else float("nan")
-        _diagnose(job, reporter, prepared, value)
-        return _tell_outcome(job, reporter, model, value)
+
+
+def _finish(job: _JobTrial, reporter: TrialReporter, prepared: PreparedTrial) -> float:
+    """Diagnose the fit and tell its outcome; a fit without a finite objective raises."""
+    model = prepared.model
+    value = best_objective(model) if model.best_objective.update_count else float("nan")
+    _diagnose(job, reporter, prepared, value)
+    if not math.isfinite(value):
+        raise RuntimeError(f"the trial ended without a finite {model.objective}: "
+                           f"{reporter.reason or 'no validated epoch'}")
+    return _tell_outcome(job, reporter, model, value)
 
 
 def _diagnose(job: _JobTrial, reporter: TrialReporter, prepared: PreparedTrial,
@@ -140,20 +159,37 @@ def _fit(cfg: DictConfig, job: _JobTrial, reporter: TrialReporter) -> PreparedTr
 
 def _fail(cfg: DictConfig, job: _JobTrial, err: Exception) -> None:
     """Tell the study the trial failed with ``err``; a full disk halts the sweep instead
-    (it is not the trial's fault, and every later trial would fail the same way)."""
+    (it is not the trial's fault, and every later trial would fail the same way). An
+    error after the trial's end was told (its MLflow run's end) leaves that end as told."""
     number = job.trial.number
     full_disk = full_disk_line(err, f"trial {number}")
     if full_disk is not None:
         _halt(job, full_disk)
         return
     message = error_line(err)
+    if not ending.fail(job.study, job.id, message):
+        log.warning("trial %d: %s, after the trial had ended", number, message)
+        _end_run_as_told(job)
+        return
     log.error("trial %d failed: %s", number, message)
-    job.trial.set_user_attr(ledger.ATTR_ERROR, message)
-    job.study.tell(job.trial, state=TrialState.FAIL)
     if not trial_logger.has_run(job.logger):  # failed before its run existed
         _record_failed_run(job, cfg, message)
-    else:
+        return
+    try:
         trial_logger.end_trial_run(job.logger, "FAIL", {"plateau.error": message}, "FAILED")
+    except Exception as mlflow_err:  # noqa: BLE001 -- the study has the FAIL either way
+        log.warning("trial %d: its MLflow run not ended (%s)", number, error_line(mlflow_err))
+
+
+def _end_run_as_told(job: _JobTrial) -> None:
+    """End the trial's MLflow run as the study holds the trial (already ended)."""
+    state = ledger.frozen_trial(job.study, job.id).state
+    status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}.get(state, "FAILED")
+    try:
+        trial_logger.end_trial_run(job.logger, state.name, {}, status)
+    except Exception as mlflow_err:  # noqa: BLE001 -- the study has the outcome either way
+        log.warning("trial %d: its MLflow run not ended (%s)", job.trial.number,
+                    error_line(mlflow_err))
 
 
 def _halt(job: _JobTrial, message: str) -> None:
@@ -161,13 +197,12 @@ def _halt(job: _JobTrial, message: str) -> None:
     with ``message`` (:data:`sweeps.ledger.ATTR_HALT`; read back by the sweeper after the
     job, wherever the launcher ran it)."""
     log.error("trial %d stopped: %s", job.trial.number, message)
-    ledger.set_trial_attr(job.study, job.id, ledger.ATTR_HALT, message)
-    ledger.abandon(job.study, job.id)
+    ending.abandon(job.study, job.id, attrs={ledger.ATTR_HALT: message})
     try:
         trial_logger.end_trial_run(job.logger, "FAIL", {"plateau.error": message,
                                                         "plateau.interrupted": "true"},
                                    "KILLED")
-    except Exception as err:  # the MLflow store may sit on the full disk: the study knows
+    except Exception as err:  # noqa: BLE001 -- the MLflow store may sit on the full disk
         log.warning("trial %d: its MLflow run not ended (%s)", job.trial.number,
                     error_line(err))
 
@@ -198,25 +233,28 @@ def _record_failed_run(job: _JobTrial, cfg: DictConfig, message: str) -> None:
 
 def _tell_outcome(job: _JobTrial, reporter: TrialReporter, model: ImageClassifier,
                   value: float) -> float:
-    trial, logger = job.trial, job.logger
-    if math.isfinite(value):
-        trial.set_user_attr(ledger.ATTR_OBJECTIVE, value)
+    """Tell the finite objective ``value``: its MLflow metric first, so that an MLflow error
+    fails the trial before the study holds its end; then the study; then the run's end."""
+    logger = job.logger
+    attrs: dict[str, object] = {ledger.ATTR_OBJECTIVE: value}
     tags: dict[str, str] = {}
     if reporter.reason:
-        trial.set_user_attr(ledger.ATTR_PRUNE_REASON, reporter.reason)
-        trial.set_user_attr(ledger.ATTR_STOPPED_EPOCH, reporter.stopped_epoch)
+        attrs |= {ledger.ATTR_PRUNE_REASON: reporter.reason,
+                  ledger.ATTR_STOPPED_EPOCH: reporter.stopped_epoch}
         tags = {"plateau.stop_reason": reporter.reason,
                 "plateau.stopped_epoch": str(reporter.stopped_epoch)}
-    if reporter.pruned or not math.isfinite(value):
-        # its value is its best objective so far, not the last (monitored) report
-        ledger.tell_pruned(job.study, job.id, value if math.isfinite(value) else None)
-        state = "PRUNED"
-    else:
-        job.study.tell(trial, value)
-        state = "COMPLETE"
-    if logger is not None and math.isfinite(value):
+    if logger is not None:
         trial_logger.log_objective(logger, value)
+    state = "PRUNED" if reporter.pruned else "COMPLETE"
+    # a pruned trial's value is its best objective so far, not the last (monitored) report
+    told = (ending.prune(job.study, job.id, value, attrs) if reporter.pruned
+            else ending.complete(job.study, job.id, value, attrs))
+    if not told:  # declared dead while it ran (its heartbeat could not be written)
+        log.warning("trial %d ended after another worker had ended it: its %s %s is not "
+                    "recorded", job.trial.number, state, value)
+        _end_run_as_told(job)
+        return float("nan")
     # a pruned trial's run ends KILLED: the runs table shows it apart from complete ones
     trial_logger.end_trial_run(logger, state, tags, "KILLED" if state == "PRUNED" else None)
-    log.info("trial %d %s, %s_best = %.4f", trial.number, state, model.objective, value)
+    log.info("trial %d %s, %s_best = %.4f", job.trial.number, state, model.objective, value)
     return value

@@ -107,14 +107,30 @@ class StudyRun:
             study.set_user_attr(tracking.STUDY_RUN_ATTR, run_id)
         return cls(client, run_id, experiment_id)
 
-    def end_child(self, trial: FrozenTrial, status: str) -> None:
-        """Terminate the run of a trial the sweep found dead, so it is not left RUNNING."""
-        run_id = trial.user_attrs.get(ledger.ATTR_RUN_ID)
-        if self.client is None or not run_id:
+    def end_child(self, trial: FrozenTrial) -> None:
+        """Terminate the run of a trial whose job died, or was cut off, before ending it, so
+        it is not left RUNNING: KILLED when the trial runs again (``interrupted``), else
+        FAILED with the trial's error.
+
+        A job killed between creating its run and writing the run's id on the trial left
+        only the run's tags: its RUNNING run is found by the trial's number (the
+        experiment holds one study)."""
+        if self.client is None:
             return
-        self.client.set_tag(run_id, "plateau.state", "FAIL")
-        self.client.set_tag(run_id, "plateau.interrupted", "true")
-        self.client.set_terminated(run_id, status=status)
+        run_ids = [trial.user_attrs.get(ledger.ATTR_RUN_ID)]
+        if not run_ids[0] and self.experiment_id is not None:
+            run_ids = [run.info.run_id for run in self.client.search_runs(
+                [self.experiment_id], "attributes.status = 'RUNNING' and "
+                f"tags.`plateau.trial_number` = '{trial.number}'")]
+        interrupted = bool(trial.user_attrs.get(ledger.ATTR_INTERRUPTED))
+        tags = {"plateau.state": "FAIL", "plateau.error": trial.user_attrs.get(ledger.ATTR_ERROR)}
+        if interrupted:
+            tags["plateau.interrupted"] = "true"
+        for run_id in filter(None, run_ids):
+            for key, value in tags.items():
+                if value:
+                    self.client.set_tag(run_id, key, str(value))
+            self.client.set_terminated(run_id, status="KILLED" if interrupted else "FAILED")
 
     def close(self, study: optuna.Study, status: str) -> None:
         """Log counts by state and the best trial, and end the parent run with ``status``."""

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from errors import PlateauError, console
-from sweeps import ledger
+from sweeps import ending, ledger, liveness
 from sweeps.sweeper.first_trials import BASE
 from sweeps.sweeper.search_space import SearchSpace
 
@@ -116,17 +116,18 @@ class Asker:
                 or self.deadline.check(trials, self._n_trials)):
             return None
         trial = study.ask()
+        # owned at once: a worker starting now must not take it for a dead sweep's trial
+        trial.set_user_attr(ledger.ATTR_OWNER, liveness.owner_id())
+        trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
         if not ledger.within_budget(study.get_trials(deepcopy=False), trial.number,
                                     self._n_trials):
-            ledger.withdraw(study, ledger.trial_id(trial))
+            ending.withdraw(study, ledger.trial_id(trial))
             return None
         return trial, self._overrides(trial)
 
     def _overrides(self, trial: Trial) -> list[str]:
         overrides = suggest_overrides(trial, self._space, self._config, self._custom)
         trial.set_user_attr(ledger.ATTR_OVERRIDES, overrides)
-        trial.set_user_attr(ledger.ATTR_OWNER, ledger.owner_id())
-        trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
         return overrides
 
 

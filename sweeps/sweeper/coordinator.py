@@ -97,7 +97,7 @@ class StudySweeper:
     def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
         study, run, asker = self._open(arguments)
         slots = Slots(study, asker, self.launcher, self.settings.n_jobs,
-                      Progress(study, self.settings.n_trials, self.started))
+                      Progress(study, self.settings.n_trials, self.started), run.end_child)
         status = "FINISHED"
         trials: list[FrozenTrial] = []
         try:

@@ -8,25 +8,33 @@ whatever ``n_jobs`` says.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 from hydra.plugins.launcher import Launcher
-from optuna.trial import Trial, TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from errors import PlateauError, error_line, one_line
-from sweeps import ledger
+from sweeps import ending, ledger
+from sweeps.sweeper import deaths
 from sweeps.sweeper.asking import Asker
 from sweeps.sweeper.progress import Progress
 from sweeps.sweeper.settings import in_process
+
+log = logging.getLogger(__name__)
 
 
 class Slots:
     """Runs the asked trials of ``study`` as Hydra jobs, ``n_jobs`` at a time."""
 
     def __init__(self, study: optuna.Study, asker: Asker, launcher: Launcher,
-                 n_jobs: int, progress: Progress | None = None) -> None:
+                 n_jobs: int, progress: Progress | None = None,
+                 end_child: Callable[[FrozenTrial], None] | None = None) -> None:
+        #: ends the MLflow run of a trial whose job died (:meth:`StudyRun.end_child`)
+        self._end_child = end_child
         self._study = study
         self._asker = asker
         self._launcher = launcher
@@ -90,15 +98,12 @@ class Slots:
                 # job number = trial number: unique among workers sharing the sweep folder
                 (result,) = self._launcher.launch([(*overrides, f"trial={trial.number}")],
                                                   initial_job_idx=trial.number)
-            except Exception as err:  # the launcher itself failed: no job ran
-                # not the trial's fault: queued again for the next sweep, not counted
-                ledger.abandon(self._study, trial_id)
-                raise PlateauError(
-                    f"hydra/launcher could not start trial {trial.number} "
-                    f"({error_line(err)}); check the hydra.launcher.* "
-                    "settings (python sweep.py -m --cfg hydra prints them)") from err
-            with ledger.uninterrupted():
-                self._settle(trial, result)
+            except Exception as err:  # the job died, or the launcher could not start it
+                with ledger.uninterrupted():
+                    self._died(trial, err)
+            else:
+                with ledger.uninterrupted():
+                    self._settle(trial, result)
         finally:
             with self._lock:
                 self.in_flight.discard(trial_id)
@@ -120,5 +125,35 @@ class Slots:
             return
         error = getattr(result, "_return_value", None)
         message = one_line(error) or "the job ended without a result"
-        ledger.set_trial_attr(self._study, trial_id, ledger.ATTR_ERROR, message)
-        self._study.tell(trial, state=TrialState.FAIL)
+        if ending.fail(self._study, trial_id, message):
+            self._end_run(ledger.frozen_trial(self._study, trial_id))
+
+    def _died(self, trial: Trial, err: Exception) -> None:
+        """The launcher raised ``err`` instead of a result.
+
+        A job that had started died hard (a signal, the scheduler's time-out), or its worker
+        process was lost (joblib loses every job of a killed worker's pool): it is launched
+        again, up to :data:`sweeps.ending.MAX_RELAUNCHES` times, then a FAIL with the cause,
+        and the sweep goes on. Otherwise the launcher cannot start jobs: the trial is queued
+        again uncounted and the sweep stops.
+        """
+        trial_id = ledger.trial_id(trial)
+        started = ledger.ATTR_JOB in ledger.frozen_trial(self._study, trial_id).user_attrs
+        if started or deaths.lost_worker(err):
+            died = deaths.cause(err)
+            if ending.abandon(self._study, trial_id, died):
+                ended = ledger.frozen_trial(self._study, trial_id)
+                self._end_run(ended)
+                log.warning("trial %d: %s; %s", trial.number, died,
+                            "queued again" if ended.user_attrs.get(ledger.ATTR_INTERRUPTED)
+                            else "failed")
+            return
+        ending.abandon(self._study, trial_id)
+        raise PlateauError(
+            f"hydra/launcher could not start trial {trial.number} "
+            f"({error_line(err)}); check the hydra.launcher.* "
+            "settings (python sweep.py -m --cfg hydra prints them)") from err
+
+    def _end_run(self, trial: FrozenTrial) -> None:
+        if self._end_child is not None:
+            self._end_child(trial)

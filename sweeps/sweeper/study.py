@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import re
 import time
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from errors import PlateauError, one_line
-from sweeps import ledger
+from sweeps import ending, ledger, liveness
 from sweeps.metrics import is_negated
 from sweeps.report.study_run import StudyRun
 from sweeps.storage import mask_password, open_storage
@@ -43,21 +46,44 @@ def create_study(settings: SweepSettings, space: SearchSpace,
         if size < settings.n_trials:
             log.info("grid has %d points: n_trials lowered from %d", size, settings.n_trials)
             settings.n_trials = size
+    storage = _open_storage(url)
+    direction = StudyDirection[settings.direction.upper()]
+    options = dict(study_name=settings.study_name, storage=storage, sampler=sampler,
+                   pruner=settings.pruner)
     try:
-        options = dict(study_name=settings.study_name, storage=open_storage(url),
-                       sampler=sampler, pruner=settings.pruner,
-                       direction=StudyDirection[settings.direction.upper()])
-        try:
-            return optuna.create_study(**options), True
-        except optuna.exceptions.DuplicatedStudyError:
-            return optuna.create_study(**options, load_if_exists=True), False
-    except ValueError as err:  # e.g. an existing study with another direction
-        raise PlateauError(f"study '{settings.study_name}' in {mask_password(url)}: {err}; "
-                           "use another hydra.sweeper.study_name") from err
-    except Exception as err:
+        with _storage_errors(url):
+            return optuna.create_study(**options, direction=direction), True
+    except optuna.exceptions.DuplicatedStudyError:
+        with _storage_errors(url):
+            study = optuna.load_study(**options)
+    if study.directions != [direction]:
+        stored = ", ".join(d.name.lower() for d in study.directions)
+        raise PlateauError(f"study '{settings.study_name}' in {mask_password(url)} is to "
+                           f"{stored}, this sweep to {direction.name.lower()}: use another "
+                           "hydra.sweeper.study_name, or the study's hydra.sweeper.direction")
+    return study, False
+
+
+#: What a storage that cannot be reached or opened raises (SQLAlchemy's errors, a driver
+#: that is not installed, a journal file's folder that cannot be written, Optuna's own).
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError, ImportError)
+
+
+@contextlib.contextmanager
+def _storage_errors(url: str) -> Iterator[None]:
+    """Turn a storage that cannot be opened into one line naming it (password masked)."""
+    try:
+        yield
+    except _STORAGE_ERRORS as err:
         first = one_line(_SQLALCHEMY_LINK.sub("", mask_password(str(err))), 200)
         raise PlateauError(f"cannot open the study storage {mask_password(url)} ({first}); "
                            "check hydra.sweeper.storage and that its server runs") from err
+
+
+def _open_storage(url: str) -> BaseStorage:
+    with _storage_errors(url):
+        return open_storage(url)
 
 
 def label_for_viewers(study: optuna.Study, metric: str, monitor: str) -> None:
@@ -85,24 +111,36 @@ def label_for_viewers(study: optuna.Study, metric: str, monitor: str) -> None:
 
 def recover_stale(study: optuna.Study, run: StudyRun, heartbeat_timeout_s: float,
                   own: Collection[int] = ()) -> None:
-    """Fail trials left RUNNING by a dead sweep (or the ``own`` trial ids, this worker's
-    trials cut off by Ctrl-C) and queue their params again.
+    """Fail trials left RUNNING by a dead sweep or job (or the ``own`` trial ids, this
+    worker's trials cut off by Ctrl-C) and queue their params again.
 
-    A trial is dead when its owner process is gone (same host), or, on another host or
-    before it has an owner, when its heartbeat is older than ``heartbeat_timeout_s``.
+    A trial is dead when its owner process is gone (same host, pid and start time), or, on
+    another host or before it has an owner, when its heartbeat is older than
+    ``heartbeat_timeout_s``. Workers recovering the same trial at once end it once
+    (:func:`sweeps.ending.abandon`): the others skip it. A trial whose job had started and
+    died counts toward its re-launches (:data:`sweeps.ending.MAX_RELAUNCHES`).
     """
     now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.user_attrs.get(ledger.ATTR_OWNER, "")
-        # no owner yet: another worker is between asking and suggesting (or died there)
-        alive = ledger.owner_alive(owner) if owner else None
+        trial_id = ledger.trial_id(trial)
+        mine = trial_id in own
+        owner = str(trial.user_attrs.get(ledger.ATTR_OWNER, ""))
         started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-        beat = trial.user_attrs.get(ledger.ATTR_HEARTBEAT, started)
-        stale = not alive and (alive is not None or now - beat >= heartbeat_timeout_s)
-        if not stale and ledger.trial_id(trial) not in own:
+        beat = float(trial.user_attrs.get(ledger.ATTR_HEARTBEAT, started))
+        if not mine and not liveness.is_dead(owner, beat, heartbeat_timeout_s, now):
             continue
+        died = None
+        if not mine and ledger.ATTR_JOB in trial.user_attrs:
+            died = (f"its process {owner} died" if liveness.owner_alive(owner) is False else
+                    f"its heartbeat stopped {now - beat:.0f} s before another worker started")
         with ledger.uninterrupted():
-            ledger.abandon(study, ledger.trial_id(trial))
-            run.end_child(trial, "KILLED")
-        log.warning("trial %d was cut off by a stopped sweep: marked failed, its params "
-                    "queued again", trial.number)
+            if not ending.abandon(study, trial_id, died):
+                continue  # another worker recovered it, or its job has just ended it
+            ended = ledger.frozen_trial(study, trial_id)
+            run.end_child(ended)
+        if ended.user_attrs.get(ledger.ATTR_INTERRUPTED):
+            log.warning("trial %d was cut off by a stopped sweep: marked failed, its params "
+                        "queued again", trial.number)
+        else:
+            log.warning("trial %d failed: %s", trial.number,
+                        ended.user_attrs.get(ledger.ATTR_ERROR, ""))
