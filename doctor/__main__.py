@@ -3,6 +3,7 @@
 ::
 
     python -m doctor preflight [OVERRIDES...]             # data, transforms, model; no training
+    python -m doctor rank backbone=a,b,c [OVERRIDES...]   # backbones by LogME, no training
     python -m doctor report [--out DIR] [OVERRIDES...]    # the report of an existing study
 
 ``OVERRIDES`` are those of the ``sweep.py`` command being checked (``data=image_folder
@@ -20,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from errors import PlateauError, one_line, report_user_error
@@ -50,6 +51,43 @@ def preflight(overrides: list[str]) -> int:
     return 2 if report.of("error") else 0
 
 
+def _candidates(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(backbone names of ``backbone=a,b,c``, the other overrides)."""
+    chosen = [o for o in overrides if o.startswith("backbone=")]
+    names = [n.strip() for o in chosen for n in o.split("=", 1)[1].split(",") if n.strip()]
+    if len(names) < 2:
+        raise PlateauError("rank needs two or more backbones to compare: give them as "
+                           "backbone=a,b,c (options of the backbone group, python sweep.py "
+                           "--help lists them)")
+    return list(dict.fromkeys(names)), [o for o in overrides if o not in chosen]
+
+
+def rank(overrides: list[str]) -> int:
+    from rich.table import Table
+
+    from errors import console
+    from sweeps.job.ranking import PROBE, rank_backbones  # heavy imports after parsing
+
+    names, rest = _candidates(overrides)
+
+    def job(name: str) -> DictConfig:
+        cfg = compose_config([*rest, f"backbone={name}", *PROBE])
+        return OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
+
+    ranked = rank_backbones(names, job)
+    table = Table(title="backbones by LogME on frozen features (higher transfers better)")
+    for column in ("rank", "backbone", "LogME", "images x width", "seconds", "features"):
+        table.add_column(column, justify="right" if column != "backbone" else "left")
+    for place, c in enumerate(ranked, 1):
+        table.add_row(str(place), c.backbone, f"{c.score:.4f}", f"{c.images} x {c.width}",
+                      f"{c.seconds:.1f}", "cached" if c.cached else "computed")
+    console.print(table)
+    console.print(f"ranked {len(ranked)} backbones in {sum(c.seconds for c in ranked):.1f} s "
+                  "without training; linear-probe trials (freeze=head_only augment=none) reuse "
+                  "their cached features")
+    return 0
+
+
 def report(out: Path, overrides: list[str]) -> int:
     from sweeps.report.publish import report_existing
 
@@ -64,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("preflight", help="check data, transforms and model")
     check.add_argument("overrides", nargs="*", help="sweep.py overrides, e.g. data=image_folder")
+    ranking = commands.add_parser("rank", help="rank backbones by LogME, before training")
+    ranking.add_argument("overrides", nargs="*", help="backbone=a,b,c and sweep.py overrides")
     study = commands.add_parser("report", help="write the report of an existing study")
     study.add_argument("--out", type=Path, default=Path("plateau-report"),
                        help="folder for report.md and its plots (default: plateau-report)")
@@ -72,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "preflight":
             return preflight(args.overrides)
+        if args.command == "rank":
+            return rank(args.overrides)
         return report(args.out, args.overrides)
     except PlateauError as err:
         report_user_error(err)

@@ -1,0 +1,63 @@
+"""Rank candidate backbones for a task before training any: LogME on frozen features.
+
+Each candidate's features come from the frozen-feature cache (:mod:`data_modules.feature_cache`)
+under the same key a linear-probe trial of that backbone (``freeze=head_only augment=none``)
+uses, so a sweep's linear probes reuse what the ranking computed, and a second ranking reads
+them back in milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from omegaconf import DictConfig
+
+from data_modules.cache_dir import cache_root
+from data_modules.datamodules import FeatureDataset
+from data_modules.feature_cache import FeatureCache, attach_features
+from doctor.transferability import logme
+from sweeps.job.build import build_parts, first_device
+from sweeps.schema.checks import check_config
+
+#: What a candidate is scored under: its frozen features of deterministic training images.
+PROBE = ["freeze=head_only", "augment=none"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One backbone's LogME score and what it cost."""
+
+    backbone: str
+    score: float
+    images: int
+    width: int
+    seconds: float
+    cached: bool
+
+
+def score_backbone(cfg: DictConfig) -> Candidate:
+    """LogME of ``cfg.backbone`` on ``cfg.data``'s training split (``cfg`` composed with
+    :data:`PROBE`)."""
+    started = time.perf_counter()
+    check_config(cfg)
+    parts = build_parts(cfg)
+    cache = FeatureCache(cache_root(cfg.get("cache_dir")) / "features"
+                         if cfg.get("feature_cache", True) else None)
+    cached = attach_features(parts.datamodule, parts.model.backbone, cache,
+                             first_device(cfg.trainer))
+    train = parts.datamodule.train_set
+    assert isinstance(train, FeatureDataset)
+    features = np.asarray(train.features)
+    score = logme(features, np.asarray(train.targets))
+    return Candidate(str(cfg.backbone.name), score, len(features), features.shape[1],
+                     time.perf_counter() - started, cached)
+
+
+def rank_backbones(names: list[str],
+                   compose: Callable[[str], DictConfig]) -> list[Candidate]:
+    """Every backbone of ``names`` scored, best first; ``compose(name)`` gives its config."""
+    found = [score_backbone(compose(name)) for name in names]
+    return sorted(found, key=lambda candidate: candidate.score, reverse=True)
