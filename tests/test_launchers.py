@@ -7,7 +7,7 @@ the next as soon as it ends, so a long trial never holds the others back.
 
 from __future__ import annotations
 
-import shutil
+import sys
 from pathlib import Path
 
 import optuna
@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from test_sweep import TINY, run_sweep, search_config, storage_url, study_trials
 
 from conftest import compose_config
+from sweeps.slurm import QueueWatcher
 
 LONG, SHORT = 300, 1  # a tiny epoch takes ~0.05 s, a job's start-up ~10 s
 
@@ -52,7 +53,8 @@ def test_slurm_launcher_config_composes_with_cluster_settings() -> None:
                          keep_hydra=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
     assert isinstance(launcher, dict)
-    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    # Hydra's SLURM launcher, waiting on job states through sweeps.slurm
+    assert launcher["_target_"] == "hydra_plugins.plateau_sweeper.slurm_launcher.SlurmLauncher"
     assert launcher["partition"] == "gpu"
     assert launcher["gpus_per_task"] == 1
     assert launcher["cpus_per_task"] >= 1
@@ -66,13 +68,23 @@ def test_slurm_launcher_config_composes_with_cluster_settings() -> None:
     assert cfg.hydra.sweeper._target_.endswith("PlateauSweeper")
 
 
-@pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine has SLURM")
 def test_slurm_launcher_off_a_cluster_is_one_line_before_any_study(tmp_path: Path) -> None:
+    # off a cluster: no srun on the PATH (this machine may have SLURM: tests/test_slurm.py)
     sweep = run_sweep("-m", *TINY, "logger=none", "hydra/launcher=slurm",
-                      "hydra.sweeper.n_trials=1", cwd=tmp_path)
+                      "hydra.sweeper.n_trials=1", cwd=tmp_path,
+                      env={"PATH": str(Path(sys.executable).parent)})
     assert sweep.returncode == 2
     assert "Traceback" not in sweep.output
     assert "hydra/launcher=slurm" in sweep.output
     assert "submitit_local" in sweep.output
     assert not (tmp_path / "plateau.db").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_slurm_job_state_stays_unknown_while_slurm_cannot_be_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # neither sacct nor squeue answers (here: not on the PATH): the job is not declared ended
+    monkeypatch.setenv("PATH", str(tmp_path))
+    watcher = QueueWatcher()
+    assert watcher.get_state("12", mode="force") == "UNKNOWN"
+    assert not watcher.is_done("12", mode="cache")
