@@ -23,6 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from errors import PlateauError
+from lightning_modules.schedules import WARMUP_FROM, WARMUP_STEPS
 from lightning_modules.stages import Stage, backbone_stages
 
 log = logging.getLogger(__name__)
@@ -198,3 +199,62 @@ class GradualUnfreeze(StageFreezing):
         optimizer.add_param_group(group)
         log.info("epoch %d: unfroze backbone stages %d..%d (%d tensors)", epoch, bottom, top - 1,
                  len(thawed))
+
+
+class LinearProbeThenFineTune(StageFreezing):
+    """LP-FT (Kumar et al., ICLR 2022): a linear probe for ``probe_epochs``, then every stage
+    trains (``freeze=lp_ft``).
+
+    Fine-tuning from a fitted head instead of a random one keeps the pretrained features
+    from being distorted by the head's early, large gradients. At epoch ``probe_epochs`` the
+    whole backbone is unfrozen (BatchNorm statistics follow the data again), its parameters
+    join the optimizer at the head's learning rate times the module's ``backbone_lr_mult``,
+    every learning rate is multiplied by ``lr_mult``, and all param groups warm up again
+    linearly over ``warmup_epochs`` (on the step-wise schedules; ``lr_schedule=plateau``
+    has no warm-up).
+
+    Args:
+        probe_epochs: epochs of the head-only phase (>= 1).
+        lr_mult: learning rates of the fine-tuning phase relative to the probe's.
+        warmup_epochs: length of the fine-tuning phase's warm-up.
+    """
+
+    def __init__(self, probe_epochs: int = 2, lr_mult: float = 0.1, warmup_epochs: float = 1.0,
+                 train_bn: bool = False) -> None:
+        super().__init__(train_bn)
+        if probe_epochs < 1:
+            raise PlateauError(f"freeze.probe_epochs={probe_epochs} must be at least 1")
+        self.probe_epochs = probe_epochs
+        self.lr_mult = lr_mult
+        self.warmup_epochs = warmup_epochs
+
+    def frozen_stage_count(self, num_stages: int) -> int:
+        return num_stages
+
+    def freezes_whole_backbone(self, backbone: nn.Module) -> bool:
+        return False  # everything unfreezes after the probe
+
+    def finetune_function(
+        self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer
+    ) -> None:
+        if epoch != self.probe_epochs:
+            return
+        thawed = [p for stage in self._stages for p in self._unfreeze_stage(stage)]
+        for group in optimizer.param_groups:
+            for key in ("lr", "initial_lr"):  # initial_lr: what a step-wise schedule scales
+                if key in group:
+                    group[key] *= self.lr_mult
+        head = optimizer.param_groups[0]
+        mult = float(getattr(pl_module, "backbone_lr_mult", 1.0))
+        if thawed:
+            optimizer.add_param_group({"params": thawed, **{
+                key: head[key] * mult for key in ("lr", "initial_lr") if key in head}})
+        trainer = pl_module.trainer
+        per_epoch = max(int(trainer.estimated_stepping_batches) // max(trainer.max_epochs or 1, 1),
+                        1)
+        for group in optimizer.param_groups:
+            group[WARMUP_FROM] = trainer.global_step
+            group[WARMUP_STEPS] = int(self.warmup_epochs * per_epoch)
+        log.info("epoch %d: linear probe done; fine-tuning all %d stages (%d tensors) at "
+                 "%.3g x the learning rate, warm-up %s epoch(s)", epoch, len(self._stages),
+                 len(thawed), self.lr_mult, self.warmup_epochs)

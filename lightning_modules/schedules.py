@@ -18,9 +18,18 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+#: Param-group keys of a warm-up that restarts mid-fit (LP-FT's fine-tuning phase): the
+#: step it starts at and its length in steps.
+WARMUP_FROM, WARMUP_STEPS = "warmup_from_step", "warmup_steps"
+
 
 class FactorSchedule(LRScheduler):
-    """``lr = initial_lr * factor(step)`` for every param group, including groups added later."""
+    """``lr = initial_lr * factor(step)`` for every param group, including groups added later.
+
+    A group that carries :data:`WARMUP_FROM` / :data:`WARMUP_STEPS` (set by a callback that
+    starts a new phase, :class:`lightning_modules.freezing.LinearProbeThenFineTune`) is also
+    ramped linearly from the phase's first step over its warm-up.
+    """
 
     def __init__(self, optimizer: Optimizer, factor: Callable[[int], float]) -> None:
         self.factor = factor
@@ -28,8 +37,14 @@ class FactorSchedule(LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         scale = self.factor(self.last_epoch)
-        return [group.setdefault("initial_lr", group["lr"]) * scale
+        return [group.setdefault("initial_lr", group["lr"]) * scale * self._ramp(group)
                 for group in self.optimizer.param_groups]
+
+    def _ramp(self, group: dict[str, Any]) -> float:
+        start, length = group.get(WARMUP_FROM), group.get(WARMUP_STEPS, 0)
+        if start is None or length <= 0:
+            return 1.0
+        return min(max(self.last_epoch - start + 1, 1) / (length + 1), 1.0)
 
 
 def _constant_factor(step: int) -> float:

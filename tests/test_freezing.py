@@ -22,8 +22,14 @@ from data_modules.synthetic import SyntheticDataModule
 from errors import PlateauError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.classifier import ImageClassifier
-from lightning_modules.freezing import FreezeDepth, GradualUnfreeze, HeadOnly, TrainAll
-from lightning_modules.schedules import warmup_cosine
+from lightning_modules.freezing import (
+    FreezeDepth,
+    GradualUnfreeze,
+    HeadOnly,
+    LinearProbeThenFineTune,
+    TrainAll,
+)
+from lightning_modules.schedules import constant, warmup_cosine
 from lightning_modules.stages import backbone_stages
 
 SGD = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
@@ -341,3 +347,64 @@ def test_cpu_fit_runs_channels_last_only_for_backbones_with_depthwise_convolutio
     assert all(w.is_contiguous(memory_format=torch.channels_last) == channels_last
                for w in convs if w.shape[2:] != (1, 1))  # 1x1 kernels are both layouts
     assert changed(before, weights(model.backbone)) == set(before)
+
+
+# --- LP-FT --------------------------------------------------------------------------------
+
+@dataclass
+class LpFtRun:
+    snapshot: Snapshot
+    recorder: EpochRecorder
+    weights_after_probe: dict[str, torch.Tensor]
+
+
+class _AfterEpoch(Callback):
+    """The backbone's weights at the end of epoch ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            self.weights = weights(pl_module.backbone)
+
+
+@pytest.fixture(scope="module")
+def lp_ft_run() -> LpFtRun:
+    recorder, probe_end = EpochRecorder(), _AfterEpoch(1)
+    model = make_classifier(backbone_lr_mult=0.1, lr_schedule=constant)
+    run = snapshot_then_fit(model, [LinearProbeThenFineTune(probe_epochs=2, lr_mult=0.1,
+                                                            warmup_epochs=1),
+                                    recorder, probe_end], epochs=4)
+    return LpFtRun(run, recorder, probe_end.weights)
+
+
+def test_lp_ft_probes_the_head_then_trains_every_stage(lp_ft_run: LpFtRun) -> None:
+    assert lp_ft_run.recorder.trainable == [[False] * 5, [False] * 5, [True] * 5, [True] * 5]
+    run = lp_ft_run.snapshot
+    assert not changed(run.backbone, lp_ft_run.weights_after_probe)  # a true linear probe
+    moved = changed(run.backbone, weights(run.model.backbone))
+    for prefixes in RESNET_STAGE_PREFIXES:  # then every stage fine-tunes
+        assert moved & names_under(run.model.backbone, prefixes)
+    assert stats_under(run.stats, ["bn1.", "layer1."]) <= changed(
+        run.stats, bn_stats(run.model.backbone))
+
+
+def test_lp_ft_switches_at_epoch_k_with_a_fresh_warmup_and_its_own_lr(
+        lp_ft_run: LpFtRun) -> None:
+    steps = lp_ft_run.recorder.step_lrs
+    probe = [lrs for lrs in steps if len(lrs) == 1]
+    tuned = [lrs for lrs in steps if len(lrs) == 2]
+    assert probe
+    assert tuned
+    assert len(probe) + len(tuned) == len(steps)
+    assert [lrs[0] for lrs in probe] == [pytest.approx(0.1)] * len(probe)  # the probe's lr
+    heads = [lrs[0] for lrs in tuned]
+    per_epoch = len(steps) // 4
+    ramp = heads[:per_epoch]
+    assert ramp[0] < 0.01 * 0.5  # warming up again from near zero ...
+    assert all(b > a for a, b in zip(ramp, ramp[1:], strict=False))
+    assert heads[per_epoch:] == [pytest.approx(0.01)] * (len(heads) - per_epoch)  # ... to 0.1x
+    for lrs in tuned:  # the backbone at backbone_lr_mult x the head's, warm-up included
+        assert lrs[1] / lrs[0] == pytest.approx(0.1)

@@ -75,6 +75,9 @@ class FreezeConf(Checked):
     depth: Any = integer(ge=0, means="trained stages, counted from the top")
     milestones: Any = ints(ge=1, increasing=True, means="epochs at which a stage unfreezes")
     stages_per_milestone: Any = integer(ge=1)
+    probe_epochs: Any = integer(ge=1, means="LP-FT's head-only epochs")
+    lr_mult: Any = number(gt=0, means="LP-FT's fine-tuning learning rates / the probe's")
+    warmup_epochs: Any = number(ge=0)
     train_bn: Any = flag()
 
 
