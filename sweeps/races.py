@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -81,15 +82,33 @@ def creating_sqlite(url: str) -> Iterator[None]:
     first creates them, the next ones find them complete. The lock is ``flock`` on the
     database file itself, which on a local disk does not interfere with sqlite's own
     ``fcntl`` locks, so no lock file is left beside it.
+
+    A new database is made whole or not at all: pysqlite commits each table and migration
+    step on its own, so a process killed while creating one (SIGKILL, the OOM killer) would
+    leave it half-migrated for good ("duplicate column name"). While the block creates it, a
+    ``.<name>.creating`` mark lies beside it; the next process that finds the mark empties
+    the file (nobody used it: every opener waits here first) and creates it again.
     """
     path = sqlite_file(url)
     if path is None:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    mark = path.with_name(f".{path.name}.creating")
     with open(path, "ab") as handle:  # an empty file is a new database to sqlite
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            if mark.exists():  # its creator died half-way
+                log.warning("%s was left half-created by a killed process: created again",
+                            path)
+                os.truncate(path, 0)  # in place: the lock stays on this file
+                for leftover in (f"{path}-journal", f"{path}-wal", f"{path}-shm"):
+                    Path(leftover).unlink(missing_ok=True)
+            new = path.stat().st_size == 0
+            if new:
+                mark.touch()
             yield
+            if new:
+                mark.unlink()
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

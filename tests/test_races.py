@@ -3,12 +3,18 @@ moment; never a wrong password or a missing grant."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from sweeps.races import retrying, transient
+from conftest import ROOT
+from sweeps.races import creating_sqlite, retrying, transient
 
 
 def chained(outer: Exception, inner: Exception) -> Exception:
@@ -63,3 +69,28 @@ def test_retrying_retries_a_lock_until_it_clears() -> None:
 
     assert retrying("creating", create) == "created"
     assert len(calls) == 3
+
+
+#: Creates part of a new sqlite store inside ``creating_sqlite``, then is SIGKILLed there.
+KILLED_MID_CREATION = """
+import os, signal, sqlite3, sys
+from sweeps.races import creating_sqlite
+with creating_sqlite("sqlite:///" + sys.argv[1]):
+    db = sqlite3.connect(sys.argv[1])
+    db.execute("CREATE TABLE metrics (key VARCHAR(250), step BIGINT)")
+    db.commit()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_half_created_by_a_killed_process_is_created_again(tmp_path: Path) -> None:
+    path = tmp_path / "mlflow.db"
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_CREATION, str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    url = f"sqlite:///{path}"
+    with creating_sqlite(url):
+        client = MlflowClient(url)
+    experiment = client.create_experiment("after-the-kill")
+    assert client.get_experiment(experiment).name == "after-the-kill"
+    assert not (tmp_path / ".mlflow.db.creating").exists()
