@@ -7,6 +7,8 @@ from slurmctld instead. Hydra loads launchers from the ``hydra_plugins`` package
 this module.
 """
 
+from __future__ import annotations
+
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
