@@ -85,7 +85,10 @@ class Running:
 
 def slurm_sweep(slurm: Cluster, cwd: Path, *args: str) -> Running:
     """``python sweep.py -m`` with the SLURM launcher, started in ``cwd``."""
-    env = {**slurm.env, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # the jobs unpickle plateau's code: the checkout the sweep runs, whatever is installed
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**slurm.env, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PYTHONPATH": path}
     options = [arg for arg in args if arg.startswith("--")]  # before the overrides
     overrides = [arg for arg in args if not arg.startswith("--")]
     log = cwd / f"sweep-{len(list(cwd.glob('sweep-*.log')))}.log"
