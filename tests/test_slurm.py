@@ -15,7 +15,6 @@ fails these tests); elsewhere, without root or the packages, they are skipped wi
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,9 +24,9 @@ from pathlib import Path
 import optuna
 import pytest
 import submitit
-from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 from slurm_cluster import PARTITION, Cluster, cluster, missing
+from slurm_sweeps import HANG_S, fault, finish, slurm_sweep, submitted_jobs
 from submitit.slurm.slurm import SlurmInfoWatcher
 from test_sweep import FLAT_LR, GOOD_LR, TINY, Sweep, search_config, storage_url, study_trials
 
@@ -39,12 +38,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 #: What ``.ci/run`` sets: a cluster that cannot start is a failure there, not a skip.
 REQUIRED = os.environ.get("PLATEAU_SLURM_TESTS") == "required"
-#: The issue's command line: one CPU, 4 GB and no GPU per trial, on the test partition.
-SLURM = ["hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}",
-         "hydra.launcher.gpus_per_task=null", "hydra.launcher.cpus_per_task=1",
-         "hydra.launcher.mem_gb=4"]
-#: A sweep stuck on a job that ended is a hang: no run below takes this long.
-HANG_S = 300
 
 ACCOUNTING = pytest.param(True, id="accounting")
 NO_ACCOUNTING = pytest.param(False, id="no-accounting")
@@ -67,68 +60,6 @@ def slurm(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         pytest.skip(reason)
     with cluster(accounting) as running:
         yield running
-
-
-@dataclass
-class Running:
-    """A sweep started by :func:`slurm_sweep`, and the file that takes what it prints (a pipe
-    nobody reads while the test polls the study could fill up and block it)."""
-
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def slurm_sweep(slurm: Cluster, cwd: Path, *args: str) -> Running:
-    """``python sweep.py -m`` with the SLURM launcher, started in ``cwd``."""
-    # the jobs unpickle plateau's code: the checkout the sweep runs, whatever is installed
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = {**slurm.env, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PYTHONPATH": path}
-    options = [arg for arg in args if arg.startswith("--")]  # before the overrides
-    overrides = [arg for arg in args if not arg.startswith("--")]
-    log = cwd / f"sweep-{len(list(cwd.glob('sweep-*.log')))}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "-m", *options, *TINY,
-                                 *SLURM, *overrides],
-                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return Running(proc, log)
-
-
-def finish(sweep: Running, cwd: Path) -> Sweep:
-    """Wait for the sweep; one still running after :data:`HANG_S` fails the test."""
-    try:
-        sweep.proc.wait(timeout=HANG_S)
-    except subprocess.TimeoutExpired:
-        sweep.stop()
-        pytest.fail(f"the sweep still ran after {HANG_S} s: {sweep.log.read_text()[-3000:]}")
-    return Sweep(cwd, sweep.proc.pid, sweep.proc.returncode, sweep.log.read_text())
-
-
-def job_of(cwd: Path, trial: FrozenTrial) -> str:
-    """The SLURM job id that runs ``trial`` of the sweep in ``cwd``: Hydra's job folder is
-    named for the trial number, and the launcher sets ``hydra.job.id`` to the job's id."""
-    (saved,) = cwd.glob(f"multirun/*/*/{trial.number}/.hydra/hydra.yaml")
-    return str(OmegaConf.load(saved).hydra.job.id)
-
-
-def submitted_jobs(cwd: Path) -> set[str]:
-    """Ids of the jobs submitit submitted for the sweeps run in ``cwd`` (one folder each)."""
-    return {p.name for p in cwd.glob("multirun/*/*/.submitit/*") if p.is_dir()}
-
-
-def trials_now(cwd: Path) -> list[FrozenTrial]:
-    """The trials of the study in ``cwd`` so far; none before the sweep has created it."""
-    if not (cwd / "plateau.db").exists():
-        return []
-    try:
-        return study_trials(cwd)
-    except KeyError:  # no such study yet
-        return []
 
 
 def counts(trials: list[FrozenTrial]) -> dict[str, int]:
@@ -236,26 +167,6 @@ class Faulted:
 
 FAULT_TRIALS = 2
 FAULT_EPOCHS = 40  # long enough to be cut off mid-run: a few seconds of training
-
-
-def fault(slurm: Cluster, cwd: Path, commands: dict[int, list[str]]) -> dict[int, str]:
-    """Run ``commands[n] <job id>`` on the job of trial ``n`` once it has reported an epoch;
-    the jobs faulted, by trial number."""
-    jobs: dict[int, str] = {}
-    deadline = time.monotonic() + 180
-    while len(jobs) < len(commands):
-        assert time.monotonic() < deadline, f"only trials {sorted(jobs)} were faulted"
-        for trial in trials_now(cwd):
-            if (trial.number not in commands or trial.number in jobs
-                    or trial.state == TrialState.WAITING):  # queued, not asked yet
-                continue
-            assert trial.state == TrialState.RUNNING, (
-                f"trial {trial.number} ended before its fault: raise FAULT_EPOCHS")
-            if trial.intermediate_values:
-                jobs[trial.number] = job_of(cwd, trial)
-                slurm.run(*commands[trial.number], jobs[trial.number])
-        time.sleep(0.2)
-    return jobs
 
 
 @pytest.fixture(scope="module")
