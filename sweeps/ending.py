@@ -36,16 +36,38 @@ MAX_RELAUNCHES = 2
 
 
 @contextlib.contextmanager
+def _file_lock(study: optuna.Study) -> Iterator[None]:
+    """An ``flock`` of ``study``'s sqlite or journal file for the block (nothing for a
+    database server)."""
+    path = ledger.storage_file(study)
+    if path is None:
+        yield
+        return
+    with open(path, "rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def taking_trial(study: optuna.Study) -> Iterator[None]:
+    """Around ``study.ask()`` and the owner's mark: on a sqlite file no other plateau process
+    takes a trial meanwhile. Optuna takes a queued trial by checking it still waits, then
+    marking it running, under ``SELECT ... FOR UPDATE``, which sqlite ignores: two workers
+    could both take the same queued trial and run it twice. (A server has the row lock; the
+    journal file replays its log under its own lock.)"""
+    with _file_lock(study):
+        yield
+
+
+@contextlib.contextmanager
 def _exclusive(study: optuna.Study, trial_id: int) -> Iterator[None]:
     """No other plateau process ends trial ``trial_id`` of ``study`` inside this block."""
-    path = ledger.storage_file(study)
-    if path is not None:
-        with open(path, "rb") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    if ledger.storage_file(study) is not None:
+        with _file_lock(study):
+            yield
         return
     engine = ledger.storage_engine(study)
     if engine is None or engine.dialect.name != "postgresql":

@@ -115,10 +115,11 @@ class Asker:
         if (sum(map(ledger.claims_budget, trials)) >= self._n_trials
                 or self.deadline.check(trials, self._n_trials)):
             return None
-        trial = study.ask()
-        # owned at once: a worker starting now must not take it for a dead sweep's trial
-        trial.set_user_attr(ledger.ATTR_OWNER, liveness.owner_id())
-        trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
+        with ending.taking_trial(study):  # sqlite ignores Optuna's row lock on a queued trial
+            trial = study.ask()
+            # owned at once: a worker starting now must not take it for a dead sweep's trial
+            trial.set_user_attr(ledger.ATTR_OWNER, liveness.owner_id())
+            trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
         if not ledger.within_budget(study.get_trials(deepcopy=False), trial.number,
                                     self._n_trials):
             ending.withdraw(study, ledger.trial_id(trial))
