@@ -27,6 +27,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 #: Trial user attributes written by plateau.
@@ -131,6 +132,11 @@ def suggest(trial: Trial, name: str, distribution: BaseDistribution) -> Any:
 def queued_params(trial: FrozenTrial) -> dict[str, Any]:
     """The params ``trial`` took from the queue (:meth:`optuna.Study.enqueue_trial`)."""
     return dict(trial.system_attrs.get("fixed_params") or {})
+
+
+def open_storage_of(study: optuna.Study) -> BaseStorage:
+    """The storage object ``study`` reads and writes through (with its cache)."""
+    return study._storage
 
 
 def storage_file(study: optuna.Study) -> Path | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +113,28 @@ def open_storage(url: str) -> BaseStorage:
     if url.startswith("sqlite:"):
         engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
     with creating_sqlite(url):
-        return retrying(f"opening {mask_password(url)}",
-                        lambda: RDBStorage(url, engine_kwargs=engine_kwargs))
+        rdb = retrying(f"opening {mask_password(url)}",
+                       lambda: RDBStorage(url, engine_kwargs=engine_kwargs))
+    return optuna.storages.get_storage(rdb)  # with Optuna's cache of finished trials
+
+
+#: The open storage of the sweep running in this process, by (pid, url): see :func:`sharing`.
+_SWEEPS: dict[tuple[int, str], BaseStorage] = {}
+
+
+@contextlib.contextmanager
+def sharing(url: str, storage: BaseStorage) -> Iterator[None]:
+    """While a sweep runs, trials it runs in its own process (Hydra's basic launcher) load
+    its study through its open ``storage``, and with it Optuna's cache of finished trials: a
+    trial's reads of a study of thousands of trials then take milliseconds, not the seconds
+    of a fresh load (``benchmarks/orchestration_growth.py``). Trials in other processes
+    (joblib, SLURM) open their own."""
+    key = (os.getpid(), url)
+    _SWEEPS[key] = storage
+    try:
+        yield
+    finally:
+        _SWEEPS.pop(key, None)
 
 
 def load_study(url: str, study_name: str, pruner: Any = None) -> optuna.Study:
@@ -124,8 +146,9 @@ def load_study(url: str, study_name: str, pruner: Any = None) -> optuna.Study:
     if path is not None and not path.is_file():
         raise PlateauError(f"no study storage at {path}: check hydra.sweeper.storage (a "
                            "relative sqlite path is resolved in the folder the sweep ran from)")
+    storage = _SWEEPS.get((os.getpid(), url)) or open_storage(url)
     try:
-        return optuna.load_study(study_name=study_name, storage=open_storage(url), pruner=pruner)
+        return optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
     except KeyError as err:
         raise PlateauError(f"no study '{study_name}' in {mask_password(url)}: check "
                            "hydra.sweeper.study_name and hydra.sweeper.storage") from err

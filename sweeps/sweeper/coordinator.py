@@ -25,7 +25,7 @@ from sweeps.report import best, terminal
 from sweeps.report.diagnoses import final_labels, thresholds_of
 from sweeps.report.study_run import StudyRun
 from sweeps.schema.checks import check_config
-from sweeps.storage import hide_storage_password, mask_password, resolve_storage_url
+from sweeps.storage import hide_storage_password, mask_password, resolve_storage_url, sharing
 from sweeps.sweeper import closing, first_trials, settings
 from sweeps.sweeper.asking import Asker, Deadline, FailureRate
 from sweeps.sweeper.progress import Progress
@@ -102,7 +102,8 @@ class StudySweeper:
         trials: list[FrozenTrial] = []
         try:
             recover_stale(study, run, self.settings.heartbeat_timeout_s)
-            slots.run()
+            with sharing(self.url, ledger.open_storage_of(study)):  # for in-process trials
+                slots.run()
         except KeyboardInterrupt:
             status = "KILLED"
             recover_stale(study, run, self.settings.heartbeat_timeout_s, own=slots.in_flight)
