@@ -10,9 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import runpy
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,6 +21,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+
+from benchmarks.throwaway_postgres import throwaway_postgres
 
 # No test may reach a network: the hub counts as offline, MLflow sends no telemetry.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -105,6 +104,7 @@ def sweep_here(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatc
         monkeypatch.setattr(sys, "argv", [str(ROOT / "sweep.py"), *args])
         handlers, level = logging.root.handlers[:], logging.root.level  # Hydra sets its own
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # a config an earlier test composed is not this run's
         capfd.readouterr()
         code = 0
         try:
@@ -152,42 +152,11 @@ def a_file(tmp_path: Path) -> Path:
 
 # -- a real PostgreSQL server ----------------------------------------------------------------
 # initdb + pg_ctl from Debian's postgresql package (.ci/run installs it when missing), on a
-# free loopback port, as the ``postgres`` user when run as root (PostgreSQL refuses root).
-
-PG_PASSWORD = "s3cr3t-Pa55"
-
-
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name) or next(
-        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
-    assert found, f"{name} not found: install Debian's postgresql package (.ci/run does)"
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# free loopback port, as the ``postgres`` user when run as root (PostgreSQL refuses root):
+# the benchmarks' recipe (benchmarks/throwaway_postgres.py), one server per test session.
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    home = Path(tempfile.mkdtemp(prefix="plateau-pg-"))
-    (home / "pw").write_text(PG_PASSWORD)
-    if as_user:
-        shutil.chown(home, "postgres")
-        shutil.chown(home / "pw", "postgres")
-    data, port = home / "data", _free_port()
-    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "-U", "plateau",
-                    f"--pwfile={home / 'pw'}", "--auth=scram-sha-256"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(home / "log"), "-w",
-                    "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg2://plateau:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+    with throwaway_postgres() as urls:
+        yield urls["postgres"]

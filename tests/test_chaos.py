@@ -31,6 +31,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from conftest import ROOT, TINY
@@ -76,8 +77,14 @@ class Chaos:
     faults: Counter[str] = field(default_factory=Counter)
     starts: int = 0
 
+    storage: BaseStorage | None = None
+
     def study(self) -> optuna.Study:
-        return optuna.load_study(study_name=self.study_name, storage=open_storage(self.url))
+        """The study, through one storage for the whole test: a fresh one per poll would
+        hold a server connection each until collected (PostgreSQL's 100 run out)."""
+        if self.storage is None:
+            self.storage = open_storage(self.url)
+        return optuna.load_study(study_name=self.study_name, storage=self.storage)
 
     def start(self, slot: int) -> None:
         log = (self.cwd / f"worker-{self.starts}.out").open("wb")

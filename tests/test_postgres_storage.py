@@ -13,7 +13,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import PG_PASSWORD as PASSWORD
+from benchmarks.throwaway_postgres import PASSWORD
 from conftest import ROOT
 
 PASSWORD_ENV = "PLATEAU_TEST_DB_PASSWORD"
