@@ -97,6 +97,9 @@ class ImageClassifier(pl.LightningModule):
         self.channels_last = False
         #: The last validation epoch's confusion matrix (rows: true class), for diagnosis.
         self.last_val_confusion: list[list[int]] = []
+        #: Every ``val/*`` metric of the epoch where the objective was last at its best: the
+        #: values a multi-objective trial returns beside it.
+        self.at_best: dict[str, float] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of a batch of images (N x C x H x W), or of cached backbone features (N x D,
@@ -155,7 +158,12 @@ class ImageClassifier(pl.LightningModule):
             return
         value = self.trainer.callback_metrics.get(self.objective)
         if value is not None and math.isfinite(float(value)):
+            before = self.best_objective.compute() if self.best_objective.update_count else None
             self.best_objective.update(value)
+            if before is None or self.best_objective.compute() != before:
+                self.at_best = {name: float(metric) for name, metric
+                                in self.trainer.callback_metrics.items()
+                                if name.startswith("val/") and not name.endswith("_best")}
         if self.best_objective.update_count:
             self.log(f"{self.objective}_best", self.best_objective.compute(), prog_bar=True,
                      sync_dist=True)

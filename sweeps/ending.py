@@ -115,9 +115,10 @@ def fail(study: optuna.Study, trial_id: int, message: str) -> bool:
     return end_once(study, trial_id, end)
 
 
-def complete(study: optuna.Study, trial_id: int, value: float,
+def complete(study: optuna.Study, trial_id: int, value: float | list[float],
              attrs: dict[str, Any] | None = None) -> bool:
-    """Tell trial ``trial_id`` COMPLETE with ``value`` (its ``attrs`` written first)."""
+    """Tell trial ``trial_id`` COMPLETE with ``value`` (one per objective of a
+    multi-objective study; its ``attrs`` written first)."""
     def end(frozen: FrozenTrial) -> None:
         _set(study, trial_id, attrs or {})
         study.tell(frozen.number, value)
@@ -125,7 +126,7 @@ def complete(study: optuna.Study, trial_id: int, value: float,
     return end_once(study, trial_id, end)
 
 
-def prune(study: optuna.Study, trial_id: int, value: float | None,
+def prune(study: optuna.Study, trial_id: int, value: float | list[float] | None,
           attrs: dict[str, Any] | None = None) -> bool:
     """Tell trial ``trial_id`` PRUNED with ``value``, its best objective so far
     (:func:`sweeps.ledger.tell_pruned`; its ``attrs`` written first)."""

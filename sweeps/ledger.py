@@ -155,15 +155,17 @@ def storage_engine(study: optuna.Study) -> Any:
     return getattr(backend, "engine", None) if storage_file(study) is None else None
 
 
-def tell_pruned(study: optuna.Study, trial_id: int, value: float | None) -> None:
-    """Tell the running trial ``trial_id`` PRUNED with ``value``, its best objective so far.
+def tell_pruned(study: optuna.Study, trial_id: int, value: float | list[float] | None) -> None:
+    """Tell the running trial ``trial_id`` PRUNED with ``value``, its best objective so far
+    (one value per objective in a multi-objective study).
 
     ``Study.tell`` refuses a value with PRUNED and stores the last intermediate value
     instead: the monitored metric (a negated loss in a maximizing study), which Optuna's
     tools and the dashboard would then show as the trial's objective.
     """
     frozen = frozen_trial(study, trial_id)
-    values = None if value is None else [float(value)]
+    values = None if value is None else [float(v) for v in
+                                          (value if isinstance(value, list) else [value])]
     try:
         study.sampler.after_trial(study, frozen, TrialState.PRUNED, values)
     finally:
@@ -186,7 +188,9 @@ def shown_value(trial: FrozenTrial) -> float | None:
     """The trial's objective as tables and progress lines show it: the final objective the
     job stored (:data:`ATTR_OBJECTIVE`), else the study's value (a pruned trial's best so
     far); None when it has neither."""
-    value = trial.user_attrs.get(ATTR_OBJECTIVE, trial.value)
+    value = trial.user_attrs.get(ATTR_OBJECTIVE)
+    if value is None and trial.values is not None:
+        value = trial.values[0]  # the first objective of a multi-objective study
     return None if value is None else float(value)
 
 

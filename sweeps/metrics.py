@@ -15,6 +15,9 @@ from optuna.study import StudyDirection
 
 #: The validation metrics every trial logs each epoch: objective and monitor candidates.
 METRICS = ("val/loss", "val/acc", "val/balanced_acc", "val/f1_macro")
+#: What a trained model costs to serve, measured once after its fit
+#: (:class:`lightning_modules.cost.ServingCost`): later objectives of a multi-objective sweep.
+MODEL_METRICS = ("model/latency_ms", "model/latency_ms_b32", "model/params", "model/macs")
 #: The ways an objective (``objective.direction``, ``hydra.sweeper.direction``) can go.
 DIRECTIONS = ("maximize", "minimize")
 

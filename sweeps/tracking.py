@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from errors import PlateauError, one_line
 from sweeps.races import creating_sqlite, retrying, sqlite_file
@@ -85,6 +85,8 @@ RUN_SETTINGS = (
 
 
 def param_text(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
     return value if isinstance(value, str) else json.dumps(value)
 
 

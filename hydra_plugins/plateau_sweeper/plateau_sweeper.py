@@ -151,7 +151,8 @@ class PlateauSweeperConf:
     )
     sampler: SamplerConf = MISSING
     pruner: PrunerConf = MISSING
-    direction: Any = "maximize"
+    # maximize/minimize, or a list of them (one per objective); null: objective.direction's
+    direction: Any = None
     # None: sqlite file plateau.db in the launch directory, so a re-run continues the study.
     storage: Optional[str] = None
     study_name: Optional[str] = "plateau"

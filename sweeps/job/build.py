@@ -27,7 +27,7 @@ from lightning_modules.backbones import check_input_size
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.freezing import StageFreezing
 from sweeps import devices
-from sweeps.metrics import DIRECTIONS, METRICS
+from sweeps.objectives import Objectives
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +72,6 @@ def first_device(trainer_cfg: DictConfig) -> torch.device:
     return torch.device(f"cuda:{devices[0]}" if pinned else "cuda")
 
 
-def check_objective(cfg: DictConfig) -> tuple[str, str]:
-    """``objective.metric`` and ``objective.direction``, checked against what trials log."""
-    metric, direction = cfg.objective.metric, cfg.objective.direction
-    if metric not in METRICS:
-        raise PlateauError(f"objective.metric={metric} is not a logged metric: use one of "
-                           f"{', '.join(METRICS)}")
-    if direction not in DIRECTIONS:
-        raise PlateauError(f"objective.direction={direction} must be maximize or minimize")
-    return metric, direction
-
-
 def _single_log_stream() -> None:
     """Lightning adds a stderr handler to its ``lightning`` logger on import; where Hydra has
     configured the root logger, that prints every Lightning line twice. Keep Hydra's."""
@@ -107,7 +96,7 @@ class TrialParts:
 def build_parts(cfg: DictConfig) -> TrialParts:
     """Seed, then build backbone, freezing, class weighting, data (set up) and the module."""
     _single_log_stream()
-    metric, direction = check_objective(cfg)
+    objectives = Objectives.of(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = build(cfg, "backbone")
     pretrained = timm.data.resolve_model_data_config(backbone)
@@ -138,8 +127,8 @@ def build_parts(cfg: DictConfig) -> TrialParts:
         label_smoothing=cfg.regularization.label_smoothing,
         class_weights=weighting.loss_weights(datamodule.class_counts),
         backbone_lr_mult=cfg.lr_schedule.backbone_lr_mult,
-        objective=metric,
-        direction=direction,
+        objective=objectives.first,
+        direction=objectives.directions[0],
     )
     return TrialParts(model, freezing, datamodule, weighting)
 

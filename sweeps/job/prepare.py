@@ -25,6 +25,7 @@ from lightning_modules.freezing import StageFreezing
 from sweeps import tracking
 from sweeps.job import logger as trial_logger
 from sweeps.job.build import TrialParts, build, build_parts, first_device, resolve_precision
+from sweeps.objectives import Objectives
 from sweeps.schema.checks import check_config
 from sweeps.verbosity import is_quiet
 
@@ -69,7 +70,7 @@ def preflight(cfg: DictConfig, parts: TrialParts) -> PreflightReport:
     """Run the doctor's preflight checks on a built trial (see :mod:`doctor.preflight`)."""
     return run_preflight(
         parts.model, parts.freezing, parts.datamodule, backbone_name=cfg.backbone.name,
-        weighted=parts.weighting.method != "none", objective=cfg.objective.metric,
+        weighted=parts.weighting.method != "none", objective=Objectives.of(cfg).first,
         settings=preflight_settings(cfg), cache_dir=cache_root(cfg.get("cache_dir")))
 
 

@@ -14,12 +14,13 @@ from errors import PlateauError, console
 from sweeps.job import ddp
 from sweeps.job import logger as trial_logger
 from sweeps.job.allocator import keep_freed_memory
-from sweeps.job.build import best_objective
+from sweeps.job.build import best_objective, first_device
 from sweeps.job.disk import full_disk_line
 from sweeps.job.prepare import prepare_trial
 from sweeps.job.reporter import RankZeroStop
-from sweeps.job.study_trial import run_study_trial
+from sweeps.job.study_trial import run_study_trial, trial_values
 from sweeps.metrics import apply_optimized_metric
+from sweeps.objectives import Objectives
 from sweeps.schema.checks import check_config
 from sweeps.verbosity import is_quiet, quiet_libraries
 
@@ -74,7 +75,13 @@ def run_single(cfg: DictConfig) -> float:
     if prepared.logger is not None:
         trial_logger.log_objective(prepared.logger, value)
     diagnosis = prepared.diagnose()
+    objectives = Objectives.of(cfg)
     console.print(f"objective {prepared.model.objective}_best = {value:.4f} "
-                  f"({cfg.objective.direction})")
+                  f"({objectives.directions[0]})")
+    if objectives.multi:
+        values = trial_values(objectives, prepared, value, first_device(cfg.trainer))
+        console.print("at that epoch: " + ", ".join(
+            f"{name} = {v:.4g}" for name, v in zip(objectives.metrics[1:], values[1:],
+                                                     strict=True)))
     console.print(f"diagnosis: {diagnosis.label} ({diagnosis.explained()})", soft_wrap=True)
     return value

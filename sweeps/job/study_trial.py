@@ -15,6 +15,7 @@ import math
 import time
 
 import optuna
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
@@ -25,13 +26,15 @@ from optuna.trial import TrialState
 from doctor.diagnosis import Context, in_top_quarter
 from errors import error_line
 from lightning_modules.classifier import ImageClassifier
+from lightning_modules.cost import serving_cost
 from sweeps import devices, ending, ledger, liveness, tracking
 from sweeps.job import ddp
 from sweeps.job import logger as trial_logger
-from sweeps.job.build import best_objective
+from sweeps.job.build import best_objective, first_device
 from sweeps.job.disk import full_disk_line
 from sweeps.job.prepare import PreparedTrial, prepare_trial
 from sweeps.job.reporter import TrialReporter
+from sweeps.objectives import Objectives, first_objective
 from sweeps.storage import DEFAULT_STUDY_NAME, job_storage_url, load_study
 
 log = logging.getLogger(__name__)
@@ -43,13 +46,16 @@ MAX_CONFUSION_CLASSES = 100
 class _JobTrial:
     """The live trial of this job, with what its failure paths need."""
 
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, objectives: Objectives) -> None:
         sweeper = HydraConfig.get().sweeper
         self.study = load_study(job_storage_url(sweeper.storage),
                                 sweeper.study_name or DEFAULT_STUDY_NAME,
                                 pruner=instantiate(sweeper.pruner))
+        self.objectives = objectives
+        #: what the pruner and the doctor judge: the first objective (:mod:`sweeps.objectives`)
+        self.judged = first_objective(self.study)
         self.id = ledger.trial_id_of(self.study, number)
-        self.trial = ledger.live_trial(self.study, self.id)
+        self.trial = ledger.live_trial(self.judged, self.id)
         self.sweeper = sweeper
         self.logger: MLFlowLogger | None = None
         self.tags = {"plateau.trial_number": str(self.trial.number),
@@ -85,11 +91,11 @@ def run_study_trial(cfg: DictConfig) -> float:
     goes on. An interrupt (Ctrl-C) marks the trial FAIL with ``interrupted`` and propagates.
     """
     with ledger.uninterrupted():
-        job = _JobTrial(int(cfg.trial))
+        job = _JobTrial(int(cfg.trial), Objectives.of(cfg))
         me = liveness.owner_id()
         ledger.set_trial_attr(job.study, job.id, ledger.ATTR_OWNER, me)
         ledger.set_trial_attr(job.study, job.id, ledger.ATTR_JOB, me)
-    reporter = TrialReporter(job.study, job.trial, job.sweeper.monitor)
+    reporter = TrialReporter(job.judged, job.trial, job.sweeper.monitor)
     try:
         with job.heartbeat():
             with contextlib.ExitStack() as seats:  # the fit over, its seat goes to the next
@@ -97,7 +103,7 @@ def run_study_trial(cfg: DictConfig) -> float:
                     cfg.trainer, job.sweeper.get("trials_per_gpu", 1), beat=job.beat))
                 prepared = _fit(cfg, job, reporter)
             with ledger.uninterrupted():  # the outcome is written whole, or Ctrl-C came first
-                return _finish(job, reporter, prepared)
+                return _finish(job, reporter, prepared, first_device(cfg.trainer))
     except (KeyboardInterrupt, SystemExit):
         with ledger.uninterrupted():
             if ending.abandon(job.study, job.id):
@@ -110,7 +116,8 @@ def run_study_trial(cfg: DictConfig) -> float:
         return float("nan")
 
 
-def _finish(job: _JobTrial, reporter: TrialReporter, prepared: PreparedTrial) -> float:
+def _finish(job: _JobTrial, reporter: TrialReporter, prepared: PreparedTrial,
+            device: torch.device) -> float:
     """Diagnose the fit and tell its outcome; a fit without a finite objective raises."""
     model = prepared.model
     value = best_objective(model) if model.best_objective.update_count else float("nan")
@@ -118,7 +125,25 @@ def _finish(job: _JobTrial, reporter: TrialReporter, prepared: PreparedTrial) ->
     if not math.isfinite(value):
         raise RuntimeError(f"the trial ended without a finite {model.objective}: "
                            f"{reporter.reason or 'no validated epoch'}")
-    return _tell_outcome(job, reporter, model, value)
+    return _tell_outcome(job, reporter, model, trial_values(job.objectives, prepared, value,
+                                                                 device))
+
+
+def trial_values(objectives: Objectives, prepared: PreparedTrial, value: float,
+                 device: torch.device) -> list[float]:
+    """The trial's value of each objective: ``value`` (the first's best epoch), the other
+    ``val/*`` metrics at that epoch, and the serving cost when an objective is one (measured
+    here, on the trial's device, and logged to the trial's MLflow run)."""
+    if not objectives.multi:
+        return [value]
+    cost: dict[str, float] = {}
+    if objectives.needs_cost:
+        model = prepared.model
+        input_size = tuple(prepared.datamodule.data_config["input_size"])
+        cost = serving_cost(model, input_size, device).metrics()  # type: ignore[arg-type]
+        if prepared.logger is not None:
+            prepared.logger.log_metrics(cost)
+    return objectives.values({**prepared.model.at_best, objectives.first: value}, cost)
 
 
 def _diagnose(job: _JobTrial, reporter: TrialReporter, prepared: PreparedTrial,
@@ -127,10 +152,10 @@ def _diagnose(job: _JobTrial, reporter: TrialReporter, prepared: PreparedTrial,
     it stands in the study now (the study report reads it again against the final field),
     and the curves it read."""
     completes = not reporter.pruned and math.isfinite(value)
-    complete = [t.value for t in job.study.get_trials(deepcopy=False,
-                                                      states=(TrialState.COMPLETE,))
+    complete = [t.value for t in job.judged.get_trials(deepcopy=False,
+                                                       states=(TrialState.COMPLETE,))
                 if t.value is not None]
-    maximize = job.study.direction == optuna.study.StudyDirection.MAXIMIZE
+    maximize = job.judged.direction == optuna.study.StudyDirection.MAXIMIZE
     context = Context(reporter.ending, completes and in_top_quarter(value, complete, maximize))
     diagnosis = prepared.diagnose(context)
     job.trial.set_user_attr(ledger.ATTR_DIAGNOSIS, diagnosis.label)
@@ -232,10 +257,12 @@ def _record_failed_run(job: _JobTrial, cfg: DictConfig, message: str) -> None:
 
 
 def _tell_outcome(job: _JobTrial, reporter: TrialReporter, model: ImageClassifier,
-                  value: float) -> float:
-    """Tell the finite objective ``value``: its MLflow metric first, so that an MLflow error
-    fails the trial before the study holds its end; then the study; then the run's end."""
+                  values: list[float]) -> float:
+    """Tell the finite objective ``values`` (one per objective): their MLflow metrics first,
+    so that an MLflow error fails the trial before the study holds its end; then the study;
+    then the run's end."""
     logger = job.logger
+    value = values[0]
     attrs: dict[str, object] = {ledger.ATTR_OBJECTIVE: value}
     tags: dict[str, str] = {}
     if reporter.reason:
@@ -245,10 +272,13 @@ def _tell_outcome(job: _JobTrial, reporter: TrialReporter, model: ImageClassifie
                 "plateau.stopped_epoch": str(reporter.stopped_epoch)}
     if logger is not None:
         trial_logger.log_objective(logger, value)
+        if job.objectives.multi:
+            logger.log_metrics({f"objective/{name}": v for name, v
+                                in zip(job.objectives.metrics, values, strict=True)})
     state = "PRUNED" if reporter.pruned else "COMPLETE"
     # a pruned trial's value is its best objective so far, not the last (monitored) report
-    told = (ending.prune(job.study, job.id, value, attrs) if reporter.pruned
-            else ending.complete(job.study, job.id, value, attrs))
+    told = (ending.prune(job.study, job.id, values, attrs) if reporter.pruned
+            else ending.complete(job.study, job.id, values, attrs))
     if not told:  # declared dead while it ran (its heartbeat could not be written)
         log.warning("trial %d ended after another worker had ended it: its %s %s is not "
                     "recorded", job.trial.number, state, value)

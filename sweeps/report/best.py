@@ -1,4 +1,9 @@
-"""The best trial's config, written beside the sweep so it can be run again as is."""
+"""The best trial's config, written beside the sweep so it can be run again as is.
+
+A multi-objective study has no single best: ``best_trial.yaml`` is the knee of its Pareto
+front (:mod:`sweeps.report.pareto`), and ``pareto/trial_<n>.yaml`` holds every front
+trial's config.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ from pathlib import Path
 import optuna
 from hydra.core.config_loader import ConfigLoader
 from omegaconf import DictConfig, OmegaConf, open_dict
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from sweeps import ledger
+from sweeps.objectives import Objectives
+from sweeps.report import pareto
 
 BEST_CONFIG = "best_trial.yaml"
 RESULTS = "optimization_results.yaml"
@@ -22,17 +29,39 @@ def export_best(study: optuna.Study, sweep_dir: str | Path, config: DictConfig,
     by Hydra's config ``loader``. None when no trial is complete."""
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return None
-    best = study.best_trial
-    overrides = list(best.user_attrs.get(ledger.ATTR_OVERRIDES, []))
     out = Path(sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params,
-                                     "best_value": best.value, "best_trial": best.number,
-                                     "overrides": overrides}), out / RESULTS)
-    composed = loader.load_sweep_config(config, overrides)
+    front = pareto.front_of(study, list(Objectives.of(config).metrics))
+    if front is None:
+        best = study.best_trial
+        results = {"name": "optuna", "best_params": best.params, "best_value": best.value,
+                   "best_trial": best.number}
+    else:
+        best = front.knee
+        results = {"name": "optuna", "best_params": best.params, "best_values": best.values,
+                   "best_trial": best.number, "objectives": front.names,
+                   "pareto_trials": [t.number for t in front.front]}
+        folder = out / pareto.CONFIGS
+        folder.mkdir(exist_ok=True)
+        for stale in folder.glob("trial_*.yaml"):  # a resumed study's front moves
+            stale.unlink()
+        for trial in front.front:
+            export_config(trial, folder / f"trial_{trial.number}.yaml", config, loader)
+    OmegaConf.save(OmegaConf.create({**results, "overrides": _overrides(best)}), out / RESULTS)
+    return export_config(best, out / BEST_CONFIG, config, loader)
+
+
+def _overrides(trial: FrozenTrial) -> list[str]:
+    return list(trial.user_attrs.get(ledger.ATTR_OVERRIDES, []))
+
+
+def export_config(trial: FrozenTrial, path: Path, config: DictConfig,
+                  loader: ConfigLoader) -> Path:
+    """``trial``'s composed config (the sweep's ``config`` with its overrides) at ``path``:
+    ``python sweep.py --config-path=<folder> --config-name=<stem>`` runs it again."""
+    composed = loader.load_sweep_config(config, _overrides(trial))
     with open_dict(composed):
         del composed["hydra"]
         composed["trial"] = None
-    path = out / BEST_CONFIG
     OmegaConf.save(composed, path)
     return path

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from doctor.diagnosis import LABELS
 from sweeps.metrics import aligned, monitor_direction
+from sweeps.report import pareto
 from sweeps.report.model import StudyReport
 
 log = logging.getLogger(__name__)
@@ -193,13 +194,20 @@ def _overview(report: StudyReport) -> list[str]:
     counts = ", ".join(f"{states.count(s)} {s.name.lower()}"
                        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     best = report.best
-    rows = [["direction", f"{report.direction.name.lower()} `{report.objective}`"],
+    front = report.pareto
+    rows = [["direction", f"{report.direction.name.lower()} `{report.objective}`"
+             if front is None else ", ".join(f"{d.name.lower()} `{n}`" for n, d in
+                                             zip(front.names, front.directions, strict=True))],
             ["trials", counts],
-            ["best", f"{_number(best.value)} (trial {best.number})" if best else "none"],
-            ["gain over the base config", report.gain or "no base trial completed"],
-            ["most important knobs", ", ".join(f"`{k}`" for k in report.top_knobs) or "none"],
-            ["best trial's diagnosis", report.best_line() or "none"],
-            ["most common fixable cause", report.failure_line()]]
+            ["best" if front is None else f"best `{front.names[0]}`",
+             f"{_number(best.value)} (trial {best.number})" if best else "none"]]
+    if front is not None:
+        rows.append(["Pareto front", f"{len(front.front)} trials; the knee is trial "
+                                     f"{front.knee.number}"])
+    rows += [["gain over the base config", report.gain or "no base trial completed"],
+             ["most important knobs", ", ".join(f"`{k}`" for k in report.top_knobs) or "none"],
+             ["best trial's diagnosis", report.best_line() or "none"],
+             ["most common fixable cause", report.failure_line()]]
     return [f"# Study report: `{report.study_name}`", "", *_table(["", ""], rows)]
 
 
@@ -289,7 +297,10 @@ def write(report: StudyReport, folder: Path) -> Path:
     for name, plot in PLOTS.items():
         (folder / name).unlink(missing_ok=True)
         written[name] = plot(report, folder / name)
-    lines = _overview(report) + _sections(report, written) + _diagnosis_sections(report, written)
+    (folder / pareto.PLOT).unlink(missing_ok=True)
+    drawn = report.pareto is not None and pareto.plot(report.pareto, folder / pareto.PLOT)
+    lines = (_overview(report) + pareto.section(report.pareto, drawn)
+             + _sections(report, written) + _diagnosis_sections(report, written))
     text = "\n".join(lines).rstrip() + "\n"
     (folder / REPORT_MD).write_text(text)
     (folder / REPORT_HTML).write_text(as_html(text, folder, report.study_name))

@@ -30,7 +30,9 @@ from doctor.diagnosis import FAILURES, LABELS, Diagnosis, fix_for
 from doctor.settings import Thresholds
 from errors import one_line
 from sweeps import ledger
+from sweeps.objectives import first_objective
 from sweeps.report.diagnoses import final_labels
+from sweeps.report.pareto import ParetoFront, front_of
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class StudyReport:
     recall_note: str
     #: set when the importances rest on fewer complete trials than searched knobs
     importance_warning: str = ""
+    #: a multi-objective study's front (the other sections read its first objective)
+    pareto: ParetoFront | None = None
     folder: Path | None = field(default=None, compare=False)
     run_id: str | None = field(default=None, compare=False)
 
@@ -246,6 +250,8 @@ def build(study: optuna.Study, objective: str = "objective", monitor: str = "val
           thresholds: Thresholds | None = None) -> StudyReport:
     """The report of ``study``; ``objective`` and ``monitor`` only label values and axes,
     ``thresholds`` are the doctor's (``doctor.thresholds``)."""
+    pareto = front_of(study, [objective])
+    study = first_objective(study)  # a multi-objective study's sections read its first
     trials = [t for t in study.get_trials(deepcopy=False) if ledger.is_finished(t)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     found, note = importances(study, complete)
@@ -255,4 +261,4 @@ def build(study: optuna.Study, objective: str = "objective", monitor: str = "val
     maximize = study.direction == StudyDirection.MAXIMIZE
     return StudyReport(study.study_name, study.direction, objective, monitor, trials, found,
                        note, choice_stats(trials, maximize), labels, best, recall,
-                       recall_note, importance_warning(found, complete, trials))
+                       recall_note, importance_warning(found, complete, trials), pareto)

@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from doctor.settings import Thresholds
 from errors import one_line
 from sweeps import ledger, tracking
-from sweeps.report import files
+from sweeps.objectives import Objectives
+from sweeps.report import files, pareto
 from sweeps.report.diagnoses import changed, thresholds_of
 from sweeps.report.model import StudyReport, build
 from sweeps.report.terminal import print_summary
@@ -37,10 +38,16 @@ def publish(study: optuna.Study, folder: Path, client: Any = None, run_id: str |
     if client is None or not run_id:
         return report
     _retag(client, report)
+    if report.pareto is not None:
+        pareto.tag_runs(client, report.pareto)
     dominant = report.dominant_failure
     try:
         client.set_tag(run_id, "plateau.top_knobs", ",".join(report.top_knobs) or "none")
         client.set_tag(run_id, "plateau.dominant_failure", dominant[0] if dominant else "none")
+        if report.pareto is not None:
+            client.set_tag(run_id, "plateau.knee_trial", str(report.pareto.knee.number))
+            client.set_tag(run_id, "plateau.pareto_trials",
+                           ",".join(str(t.number) for t in report.pareto.front))
         client.log_artifacts(run_id, str(report.folder), files.REPORT_DIR)
     except Exception as err:  # the files are written; MLflow only gets a copy
         log.warning("study report not logged to MLflow run %s: %s", run_id, one_line(err))
@@ -65,9 +72,11 @@ def _retag(client: Any, report: StudyReport) -> None:
 
 
 def objective_label(cfg: DictConfig) -> str:
-    """What a trial returns: the best epoch's ``objective.metric`` (``<metric>_best``)."""
-    metric = OmegaConf.select(cfg, "objective.metric")
-    return f"{metric}_best" if metric else "objective"
+    """What a trial returns: the best epoch's ``objective.metric`` (``<metric>_best``; the
+    first of several)."""
+    if OmegaConf.select(cfg, "objective.metric") is None:
+        return "objective"
+    return f"{Objectives.of(cfg).first}_best"
 
 
 def report_existing(cfg: DictConfig, out_dir: str | Path) -> Path:

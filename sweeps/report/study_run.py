@@ -99,7 +99,7 @@ class StudyRun:
                 "plateau.storage": mask_password(url),
                 "plateau.sampler": class_name(sampler),
                 "plateau.pruner": class_name(pruner),
-                "plateau.direction": study.direction.name.lower(),
+                "plateau.direction": ", ".join(d.name.lower() for d in study.directions),
             })
             run_id = run.info.run_id
             if params:

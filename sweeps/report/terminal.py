@@ -15,8 +15,9 @@ from rich.table import Table
 from doctor.diagnosis import Diagnosis
 from errors import console
 from sweeps import ledger
-from sweeps.report import files
+from sweeps.report import files, pareto
 from sweeps.report.model import StudyReport, base_trial, gain_over_base
+from sweeps.report.pareto import ParetoFront
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,20 @@ def print_end(study: optuna.Study, trials: list[FrozenTrial], seconds: float,
         console.print(f"best trial's config: {best_config}\nre-run it: python sweep.py "
                       f"--config-path={best_config.parent.resolve()} "
                       f"--config-name={best_config.stem}")
+
+
+def print_pareto(front: ParetoFront, sweep_dir: Path) -> None:
+    """A multi-objective study's front, its knee and where the configs are."""
+    table = Table(title=f"Pareto front: {len(front.front)} of "
+                        f"{len(front.front) + len(front.dominated)} complete trials")
+    for column in front.header():
+        table.add_column(column, overflow="fold")
+    for row in front.rows():
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"knee (the balanced pick, in best_trial.yaml): trial {front.knee.number}; "
+                  f"every front trial's config: {sweep_dir / pareto.CONFIGS}/; the pruner "
+                  f"judged {front.names[0]} only", soft_wrap=True, highlight=False)
 
 
 def viewer_commands(tracking_uri: str | None, storage_url: str) -> list[str]:

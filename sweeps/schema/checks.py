@@ -18,10 +18,10 @@ from optuna.distributions import (
 
 from doctor.settings import PreflightSettings, Thresholds
 from errors import PlateauError, one_line
+from sweeps.objectives import Objectives
 from sweeps.schema.knobs import KNOBS
 from sweeps.schema.rules import ABSENT, Rule, mistake
 
-DIRECTIONS = ("maximize", "minimize")
 #: The smallest input side plateau accepts for a backbone without a stated minimum.
 MIN_IMAGE_SIZE = 16
 
@@ -53,10 +53,9 @@ def check_config(cfg: DictConfig) -> None:
         names = [f.name for f in dataclasses.fields(schema)]
         given = {name: _value(cfg, schema.key(name)) for name in names}
         schema(**{name: value for name, value in given.items() if value is not ABSENT})
-    direction = _value(cfg, "objective.direction")
-    if direction not in DIRECTIONS:
-        raise PlateauError(f"objective.direction={direction}: it must be one of "
-                           f"{', '.join(DIRECTIONS)}; fix the value")
+    metric, direction = _value(cfg, "objective.metric"), _value(cfg, "objective.direction")
+    Objectives.parse("val/f1_macro" if metric is ABSENT else metric,
+                     "maximize" if direction is ABSENT else direction)
     _check_doctor(cfg)
     _check_image_size(cfg)
 

@@ -9,6 +9,7 @@ plateau's one-line error (:mod:`sweeps.hydra_errors`). Lightweight: dataclasses 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -22,12 +23,15 @@ class ObjectiveConf:
     Attributes:
         metric: any ``val/*`` metric trials log: ``val/loss``, ``val/acc``,
             ``val/balanced_acc``, ``val/f1_macro`` (the default: on imbalanced data plain
-            accuracy hides the minority classes).
-        direction: ``maximize`` or ``minimize``; must match ``hydra.sweeper.direction``.
+            accuracy hides the minority classes); or a list of metrics for a
+            multi-objective sweep, whose later entries may be the model's serving cost
+            (``model/latency_ms`` ...; see :mod:`sweeps.objectives`).
+        direction: ``maximize`` or ``minimize``, or one per metric; must match
+            ``hydra.sweeper.direction``.
     """
 
-    metric: str = "val/f1_macro"
-    direction: str = "maximize"
+    metric: Any = "val/f1_macro"
+    direction: Any = "maximize"
 
 
 #: ConfigStore names of the schemas, as ``conf/config.yaml``'s defaults list names them.

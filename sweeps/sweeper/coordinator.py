@@ -9,6 +9,7 @@ is met. Trials cut off by a killed or interrupted sweep (left RUNNING, or FAIL w
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,7 +22,8 @@ from errors import PlateauError, console
 from sweeps import ledger, tracking, verbosity
 from sweeps.job import allocator
 from sweeps.metrics import apply_optimized_metric
-from sweeps.report import best, terminal
+from sweeps.objectives import Objectives, first_objective
+from sweeps.report import best, pareto, terminal
 from sweeps.report.diagnoses import final_labels, thresholds_of
 from sweeps.report.study_run import StudyRun
 from sweeps.schema.checks import check_config
@@ -55,10 +57,12 @@ class StudySweeper:
         apply_optimized_metric(self.config)
         if verbosity.is_quiet(self.config, sweep=True):
             verbosity.quiet_libraries()
-        self.settings.check()
         check_config(self.config)  # the base config; the space's bounds: parse_search_space
+        self.objectives = Objectives.of(self.config)
+        self.settings.follow(self.objectives)
+        self.settings.check()
         settings.check_launcher(self.launcher, self.config)
-        settings.check_objective(self.config, self.settings.direction)
+        settings.check_objective(self.objectives, self.settings.directions)
         settings.check_nodes(self.config)
         tracking.check_store(self.config)
         allocator.switched_on()  # the trials' processes read it: a bad value stops them all
@@ -78,16 +82,20 @@ class StudySweeper:
             first_trials.enqueue(study, self.config, space, s.base_trial, portfolio,
                                  s.n_trials)
         if "objective" not in study.user_attrs:  # a study made by the sweep, or by hand
-            label_for_viewers(study, str(self.config.objective.metric), s.monitor)
+            label_for_viewers(study, self.objectives, s.monitor)
         hide_storage_password(self.config, url)
         self.url = url
         if resumed:  # or another worker's study: do not replay the same seeded draws
             study.sampler.reseed_rng()
         run = StudyRun.open(self.config, study, url, s.sampler, s.pruner, created,
-                            s.mlflow_params(space, str(self.config.objective.metric)))
+                            s.mlflow_params(space, self.objectives))
         console.print(f"study '{s.study_name}' in {mask_password(url)}: budget "
                       f"{s.n_trials} finished trials, "
                       f"{sum(map(ledger.is_finished, study.trials))} done")
+        if self.objectives.multi:
+            console.print(f"objectives: {self.objectives.shown()}; the pruner judges "
+                          f"{self.objectives.first} only, the report shows the Pareto front",
+                          highlight=False)
         self.started = time.time()  # failures before this sweep do not count
         asker = Asker(study, space, s.n_trials, FailureRate(s.max_failure_rate, self.started),
                       self.config, s.custom_search_space,
@@ -97,7 +105,8 @@ class StudySweeper:
     def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
         study, run, asker = self._open(arguments)
         slots = Slots(study, asker, self.launcher, self.settings.n_jobs,
-                      Progress(study, self.settings.n_trials, self.started), run.end_child)
+                      Progress(first_objective(study), self.settings.n_trials, self.started),
+                      run.end_child)
         status = "FINISHED"
         trials: list[FrozenTrial] = []
         try:
@@ -121,20 +130,24 @@ class StudySweeper:
                launched: set[int]) -> list[FrozenTrial]:
         """The report, the MLflow run's end and the terminal's tables, by the worker whose
         turn it is (:func:`closing.ends_study`); an interrupted sweep prints no tables."""
-        trials = study.get_trials(deepcopy=False)
+        judged = first_objective(study)  # single-objective sections read the first
+        trials = judged.get_trials(deepcopy=False)
         ended = status != "KILLED"
         closes = closing.ends_study(trials, status, self.started, self.settings.n_trials,
                                     launched)
         written = closing.write_report(study, run, self.sweep_dir, self.config,
                                        self.settings.monitor) if ended and closes else None
         if closes:
-            run.close(study, status)  # after the report: its plots go to the parent run
+            run.close(judged, status)  # after the report: its plots go to the parent run
         if ended:
             path = best.export_best(study, self.sweep_dir, self.config,
                                     self.hydra_context.config_loader)
             labels = written.labels if written is not None else final_labels(
-                trials, study.direction, thresholds_of(self.config))
-            terminal.print_end(study, trials, time.time() - self.started, path, labels)
+                trials, judged.direction, thresholds_of(self.config))
+            terminal.print_end(judged, trials, time.time() - self.started, path, labels)
+            front = pareto.front_of(study, list(self.objectives.metrics))
+            if front is not None:
+                terminal.print_pareto(front, Path(self.sweep_dir))
         if written is not None:
             terminal.print_summary(written)
         if ended:

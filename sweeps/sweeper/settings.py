@@ -13,12 +13,13 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.plugins.launcher import Launcher
 from hydra.utils import get_method
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import Trial
 
 from errors import PlateauError, console
 from sweeps import devices
 from sweeps.metrics import DIRECTIONS, METRICS
+from sweeps.objectives import Objectives
 from sweeps.report.study_run import class_name
 from sweeps.storage import DEFAULT_STUDY_NAME
 from sweeps.sweeper.search_space import SearchSpace
@@ -36,7 +37,9 @@ class SweepSettings:
 
     sampler: Any
     pruner: Any
-    direction: str
+    #: one direction per objective (two or more: a multi-objective sweep); empty until
+    #: :meth:`follow` when ``hydra.sweeper.direction`` is null
+    directions: list[str]
     storage: str | None
     study_name: str
     n_trials: int
@@ -64,7 +67,7 @@ class SweepSettings:
     conditional: dict[str, Any] = field(default_factory=dict)
     custom_search_space: Callable[[DictConfig, Trial], None] | None = None
 
-    def mlflow_params(self, space: SearchSpace, metric: str) -> dict[str, str]:
+    def mlflow_params(self, space: SearchSpace, objectives: Objectives) -> dict[str, str]:
         """The study run's params: the search space in the sweep grammar (``space.<name>``),
         sampler, pruner, objective and budget."""
         # a fixed override's key may carry Hydra's +, ++ or ~: MLflow names take no such sign
@@ -72,7 +75,8 @@ class SweepSettings:
                   for name, text in space.described().items()}
         params |= {
             "sampler": class_name(self.sampler), "pruner": class_name(self.pruner),
-            "objective": metric, "direction": self.direction, "monitor": self.monitor,
+            "objective": ", ".join(objectives.metrics),
+            "direction": ", ".join(self.directions), "monitor": self.monitor,
             "n_trials": str(self.n_trials), "timeout": str(self.timeout),
             "base_trial": str(self.base_trial).lower(),
             "portfolio": ", ".join(self.portfolio) or "none",
@@ -87,8 +91,12 @@ class SweepSettings:
         """The plugin's keyword arguments; the user's ``params`` replace the default space
         (its conditionals and portfolio too) entirely."""
         default = default_space if params is None and default_space is not None else None
+        if isinstance(direction, ListConfig):
+            direction = OmegaConf.to_container(direction)
+        directions = ([] if direction is None else [str(d) for d in direction]
+                      if isinstance(direction, list) else [str(direction)])
         return cls(
-            direction=str(direction), study_name=study_name or DEFAULT_STUDY_NAME,
+            directions=directions, study_name=study_name or DEFAULT_STUDY_NAME,
             params=_plain(params if default is None else default.params),
             conditional=_plain(conditional_params if default is None
                                else default.conditional_params),
@@ -109,6 +117,11 @@ class SweepSettings:
             self.conditional = _plain(config.hydra.sweeper.conditional_params)
             self.default_portfolio = {}
 
+    def follow(self, objectives: Objectives) -> None:
+        """A null ``hydra.sweeper.direction`` takes the objectives' directions."""
+        if not self.directions:
+            self.directions = list(objectives.directions)
+
     def check(self) -> None:
         """Values no sweep can run with."""
         if self.n_trials <= 0:
@@ -128,9 +141,25 @@ class SweepSettings:
             raise PlateauError(f"hydra.sweeper.monitor={self.monitor} is not a metric trials "
                                f"report each epoch; use one of {', '.join(METRICS)}")
         parse_duration(self.timeout)
-        if self.direction not in DIRECTIONS:
-            raise PlateauError(f"hydra.sweeper.direction={self.direction}: plateau optimizes one "
-                               "objective; set it to maximize or minimize")
+        for direction in self.directions:
+            if direction not in DIRECTIONS:
+                raise PlateauError(f"hydra.sweeper.direction={direction} must be maximize or "
+                                   "minimize, or a list of them, one per objective")
+        if len(self.directions) > 1:
+            self._check_multi_objective()
+
+    def _check_multi_objective(self) -> None:
+        """Samplers and pruners that cannot serve a multi-objective study."""
+        sampler, pruner = class_name(self.sampler), class_name(self.pruner)
+        if sampler == "CmaEsSampler":
+            raise PlateauError("hydra/sweeper/sampler=cmaes optimizes one objective; for "
+                               f"{len(self.directions)} objectives use sampler=tpe "
+                               "(multi-objective TPE), nsgaii, gp or random")
+        if pruner == "HyperbandPruner":
+            raise PlateauError("hydra/sweeper/pruner=hyperband runs its brackets as "
+                               "single-objective studies; in a multi-objective sweep use "
+                               "pruner=stagnation, median, successive_halving or none (they "
+                               "judge the first objective)")
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -186,14 +215,24 @@ def in_process(launcher: Launcher) -> bool:
     return isinstance(launcher, BasicLauncher)
 
 
-def check_objective(config: DictConfig, direction: str) -> None:
-    objective = OmegaConf.select(config, "objective.direction")
-    if objective is not None and objective != direction:
+def check_objective(objectives: Objectives, directions: list[str]) -> None:
+    """The study's directions are the objectives' (``hydra.sweeper.direction`` follows
+    ``objective.direction`` in plateau's search configs; another config may set it apart)."""
+    if list(objectives.directions) == directions:
+        return
+    given = directions[0] if len(directions) == 1 else f"[{','.join(directions)}]"
+    wanted = (objectives.directions[0] if not objectives.multi
+              else f"[{','.join(objectives.directions)}]")
+    if len(directions) != len(objectives.metrics):
         raise PlateauError(
-            f"hydra.sweeper.direction={direction} but objective.direction={objective}: "
-            f"the study would optimize {config.objective.metric} the wrong way; "
-            "set both to the same direction"
-        )
+            f"hydra.sweeper.direction={given} gives {len(directions)} directions for "
+            f"{len(objectives.metrics)} objectives (objective.metric="
+            f"{','.join(objectives.metrics)}): list one metric per direction, e.g. "
+            "'objective.metric=[val/f1_macro,model/latency_ms]' "
+            "'objective.direction=[maximize,minimize]'")
+    raise PlateauError(
+        f"hydra.sweeper.direction={given} but objective.direction={wanted}: the study would "
+        f"optimize {objectives.first} the wrong way; set both to the same direction")
 
 
 def check_nodes(config: DictConfig) -> None:

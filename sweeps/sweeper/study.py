@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from errors import PlateauError, one_line
 from sweeps import ending, ledger, liveness
 from sweeps.metrics import is_negated
+from sweeps.objectives import Objectives
 from sweeps.report.study_run import StudyRun
 from sweeps.storage import mask_password, open_storage
 from sweeps.sweeper.search_space import SearchSpace, grid_choices
@@ -47,20 +48,21 @@ def create_study(settings: SweepSettings, space: SearchSpace,
             log.info("grid has %d points: n_trials lowered from %d", size, settings.n_trials)
             settings.n_trials = size
     storage = _open_storage(url)
-    direction = StudyDirection[settings.direction.upper()]
+    directions = [StudyDirection[d.upper()] for d in settings.directions]
     options = dict(study_name=settings.study_name, storage=storage, sampler=sampler,
                    pruner=settings.pruner)
     try:
         with _storage_errors(url):
-            return optuna.create_study(**options, direction=direction), True
+            return optuna.create_study(**options, directions=directions), True
     except optuna.exceptions.DuplicatedStudyError:
         with _storage_errors(url):
             study = optuna.load_study(**options)
-    if study.directions != [direction]:
+    if study.directions != directions:
         stored = ", ".join(d.name.lower() for d in study.directions)
         raise PlateauError(f"study '{settings.study_name}' in {mask_password(url)} is to "
-                           f"{stored}, this sweep to {direction.name.lower()}: use another "
-                           "hydra.sweeper.study_name, or the study's hydra.sweeper.direction")
+                           f"{stored}, this sweep to {', '.join(settings.directions)}: use "
+                           "another hydra.sweeper.study_name, or the study's objectives "
+                           "and directions")
     return study, False
 
 
@@ -86,26 +88,33 @@ def _open_storage(url: str) -> BaseStorage:
         return open_storage(url)
 
 
-def label_for_viewers(study: optuna.Study, metric: str, monitor: str) -> None:
+def label_for_viewers(study: optuna.Study, objectives: Objectives, monitor: str) -> None:
     """Say what the study's numbers are, for optuna-dashboard and any tool reading the study:
-    the objective's name, and what the intermediate values hold (the user attributes
-    ``objective`` and ``intermediate_values``, and the dashboard's note)."""
-    negated = is_negated(monitor, study.direction)
+    the objectives' names, and what the intermediate values hold (the user attributes
+    ``objective``, ``objectives`` and ``intermediate_values``, and the dashboard's note)."""
+    metric = objectives.first
+    direction = study.directions[0]
+    negated = is_negated(monitor, direction)
     steps = (f"{monitor} after each epoch (step 0 is the first epoch)"
              + (", negated so that higher is better like the objective: every pruner then "
                 "compares the right way" if negated else ""))
     study.set_user_attr("objective", metric)
+    study.set_user_attr("objectives", list(objectives.metrics))
     study.set_user_attr("intermediate_values", steps)
-    note = (f"Objective: the best {metric} over a trial's epochs ({study.direction.name.lower()})."
+    note = (f"Objective: the best {metric} over a trial's epochs ({direction.name.lower()})."
             f" A pruned or early-stopped trial's value is its best {metric} before it stopped."
             f"\n\nIntermediate values: {steps}.")
+    if objectives.multi:
+        note += (f"\n\nObjectives: {objectives.shown()}. The others are read at the epoch "
+                 f"where {metric} is best (model/* metrics: the trained model's serving cost). "
+                 f"The pruner judges {metric} only.")
     try:
         import optuna_dashboard
     except ImportError:  # the dashboard is optional to the sweep itself
         return
     with warnings.catch_warnings():  # Optuna marks metric names experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna_dashboard.set_objective_names(study, [metric])
+        optuna_dashboard.set_objective_names(study, list(objectives.metrics))
     optuna_dashboard.save_note(study, note)
 
 
