@@ -16,12 +16,12 @@ from omegaconf import OmegaConf
 from optuna.pruners import MedianPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from test_sweep import TINY, mlflow_runs, run_sweep, search_config, study_trials
 
 from errors import PlateauError
 from sweeps import ledger
 from sweeps.objectives import FirstObjective, Objectives, first_objective
 from sweeps.report.pareto import knee_of
-from test_sweep import TINY, mlflow_runs, run_sweep, search_config, study_trials
 
 F1_LATENCY = ["objective.metric=[val/f1_macro,model/latency_ms]",
               "objective.direction=[maximize,minimize]"]
@@ -56,9 +56,13 @@ def test_objectives_that_cannot_be_optimized_are_named(metric: list[str], direct
 
 def test_one_metric_is_a_single_objective() -> None:
     single = Objectives.parse("val/acc", "maximize")
-    assert not single.multi and single.metrics == ("val/acc",) and not single.needs_cost
+    assert not single.multi
+    assert single.metrics == ("val/acc",)
+    assert not single.needs_cost
     both = Objectives.parse(["val/f1_macro", "model/macs"], ["maximize", "minimize"])
-    assert both.multi and both.needs_cost and both.first == "val/f1_macro"
+    assert both.multi
+    assert both.needs_cost
+    assert both.first == "val/f1_macro"
 
 
 def test_the_knee_is_the_front_trial_nearest_the_ideal_point() -> None:
@@ -79,7 +83,8 @@ def test_the_pruner_judges_the_first_objective_of_a_multi_objective_study() -> N
         trial.report(loss, 0)
         study.tell(trial.number, [loss, 5.0])
     judged = first_objective(study)
-    assert isinstance(judged, FirstObjective) and judged.direction == StudyDirection.MINIMIZE
+    assert isinstance(judged, FirstObjective)
+    assert judged.direction == StudyDirection.MINIMIZE
     trailing = ledger.live_trial(judged, study.ask()._trial_id)
     trailing.report(0.9, 0)
     assert trailing.should_prune()
@@ -106,7 +111,9 @@ def test_a_two_objective_sweep_reports_exports_and_tags_its_pareto_front(tmp_pat
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4
     for trial in complete:
-        assert len(trial.values) == 2 and 0 <= trial.values[0] <= 1 and trial.values[1] > 0
+        assert len(trial.values) == 2
+        assert 0 <= trial.values[0] <= 1
+        assert trial.values[1] > 0
         assert len(trial.intermediate_values) == 2  # each epoch reported, for the pruner
     front = front_numbers(trials, [True, False])
 
@@ -115,7 +122,8 @@ def test_a_two_objective_sweep_reports_exports_and_tags_its_pareto_front(tmp_pat
     assert exported == front
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     knee = int(results.best_trial)
-    assert knee in front and set(results.pareto_trials) == front
+    assert knee in front
+    assert set(results.pareto_trials) == front
     best = OmegaConf.load(sweep_dir / "best_trial.yaml")
     knee_trial = next(t for t in trials if t.number == knee)
     assert best.data.image_size == knee_trial.params["data.image_size"]
@@ -133,9 +141,11 @@ def test_a_two_objective_sweep_reports_exports_and_tags_its_pareto_front(tmp_pat
     assert parent.data.tags["plateau.knee_trial"] == str(knee)
 
     report = (sweep_dir / "report" / "report.md").read_text()
-    assert "## Pareto front" in report and f"The knee, trial {knee}" in report
+    assert "## Pareto front" in report
+    assert f"The knee, trial {knee}" in report
     assert (sweep_dir / "report" / "pareto_front.png").stat().st_size > 0
-    assert "Pareto front:" in sweep.output and f"trial {knee}" in sweep.output
+    assert "Pareto front:" in sweep.output
+    assert f"trial {knee}" in sweep.output
 
 
 def test_nsga2_with_a_second_validation_metric_read_at_the_best_epoch(tmp_path) -> None:
@@ -173,6 +183,8 @@ def test_settings_that_cannot_serve_two_objectives_stop_the_sweep(tmp_path, over
     sweep = run_sweep("-m", *TINY, *F1_LATENCY, override, cwd=tmp_path)
     assert sweep.returncode == 2
     errors = [line for line in sweep.output.splitlines() if line.startswith("plateau: error:")]
-    assert len(errors) == 1 and says in errors[0], sweep.output[-2000:]
+    assert len(errors) == 1, sweep.output[-2000:]
+    assert says in errors[0]
     assert "Traceback" not in sweep.output
-    assert not (tmp_path / "plateau.db").exists() and not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "plateau.db").exists()
+    assert not (tmp_path / "mlflow.db").exists()

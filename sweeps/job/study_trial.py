@@ -139,8 +139,8 @@ def trial_values(objectives: Objectives, prepared: PreparedTrial, value: float,
     cost: dict[str, float] = {}
     if objectives.needs_cost:
         model = prepared.model
-        input_size = tuple(prepared.datamodule.data_config["input_size"])
-        cost = serving_cost(model, input_size, device).metrics()  # type: ignore[arg-type]
+        channels, height, width = prepared.datamodule.data_config["input_size"]  # type: ignore[attr-defined]
+        cost = serving_cost(model, (channels, height, width), device).metrics()
         if prepared.logger is not None:
             prepared.logger.log_metrics(cost)
     return objectives.values({**prepared.model.at_best, objectives.first: value}, cost)

@@ -8,6 +8,7 @@ trial's config.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 from hydra.core.config_loader import ConfigLoader
@@ -32,6 +33,7 @@ def export_best(study: optuna.Study, sweep_dir: str | Path, config: DictConfig,
     out = Path(sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     front = pareto.front_of(study, list(Objectives.of(config).metrics))
+    results: dict[str, Any]
     if front is None:
         best = study.best_trial
         results = {"name": "optuna", "best_params": best.params, "best_value": best.value,
