@@ -99,6 +99,18 @@ class StageFreezing(BaseFinetuning):
             bn.train()  # its running statistics follow the data again, like its weights
         return thawed
 
+    @staticmethod
+    def _add_backbone_group(pl_module: pl.LightningModule, optimizer: Optimizer,
+                            thawed: list) -> None:
+        """Train the ``thawed`` backbone parameters at the head's learning rate (and
+        ``initial_lr``, what a step-wise schedule scales) times ``backbone_lr_mult``."""
+        if not thawed:
+            return
+        mult = float(getattr(pl_module, "backbone_lr_mult", 1.0))
+        head = optimizer.param_groups[0]
+        optimizer.add_param_group({"params": thawed, **{
+            key: head[key] * mult for key in ("lr", "initial_lr") if key in head}})
+
 
 class TrainAll(StageFreezing):
     """Full fine-tuning: every stage trains from the first step (``freeze=none``)."""
@@ -191,12 +203,7 @@ class GradualUnfreeze(StageFreezing):
         thawed = [p for stage in self._stages[bottom:top] for p in self._unfreeze_stage(stage)]
         if not thawed:
             return
-        mult = float(getattr(pl_module, "backbone_lr_mult", 1.0))
-        head = optimizer.param_groups[0]
-        group = {"params": thawed, "lr": head["lr"] * mult}
-        if "initial_lr" in head:
-            group["initial_lr"] = head["initial_lr"] * mult
-        optimizer.add_param_group(group)
+        self._add_backbone_group(pl_module, optimizer, thawed)
         log.info("epoch %d: unfroze backbone stages %d..%d (%d tensors)", epoch, bottom, top - 1,
                  len(thawed))
 
@@ -244,11 +251,7 @@ class LinearProbeThenFineTune(StageFreezing):
             for key in ("lr", "initial_lr"):  # initial_lr: what a step-wise schedule scales
                 if key in group:
                     group[key] *= self.lr_mult
-        head = optimizer.param_groups[0]
-        mult = float(getattr(pl_module, "backbone_lr_mult", 1.0))
-        if thawed:
-            optimizer.add_param_group({"params": thawed, **{
-                key: head[key] * mult for key in ("lr", "initial_lr") if key in head}})
+        self._add_backbone_group(pl_module, optimizer, thawed)
         trainer = pl_module.trainer
         per_epoch = max(int(trainer.estimated_stepping_batches) // max(trainer.max_epochs or 1, 1),
                         1)

@@ -47,6 +47,7 @@ def front_numbers(trials: list[FrozenTrial], maximize: list[bool]) -> set[int]:
     (["val/f1_macro", "model/latency_ms"], ["maximize", "maximize"], "is a cost"),
     (["val/f1_macro", "model/speed"], ["maximize", "minimize"], "not a metric trials log"),
     (["val/f1_macro", "val/f1_macro"], ["maximize", "maximize"], "names a metric twice"),
+    ("val/f1_macro", ["max"], "must be one of maximize, minimize"),
 ])
 def test_objectives_that_cannot_be_optimized_are_named(metric: list[str], direction: list[str],
                                                        says: str) -> None:

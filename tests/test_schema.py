@@ -46,7 +46,6 @@ MISSPELLED = [
     ("doctor.preflight.sample_images=many",
      "doctor.preflight.sample_images=many: Value 'many' of type 'str' could not be converted "
      "to Integer"),
-    ("objective.direction=[max]", "objective.direction=['max']"),
 ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
@@ -19,17 +19,14 @@ from doctor.diagnosis import Context, Diagnosis
 from doctor.preflight import PreflightReport, run_preflight
 from doctor.recorder import CurveRecorder
 from doctor.settings import PreflightSettings, Thresholds
-from errors import PlateauError
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.freezing import StageFreezing
 from sweeps import tracking
 from sweeps.job import logger as trial_logger
 from sweeps.job.build import TrialParts, build, build_parts, first_device, resolve_precision
 from sweeps.objectives import Objectives
-from sweeps.schema.checks import check_config
+from sweeps.schema.checks import check_config, doctor_settings
 from sweeps.verbosity import is_quiet
-
-SettingsT = TypeVar("SettingsT")
 
 
 @dataclass
@@ -52,18 +49,9 @@ class PreparedTrial:
         return diagnosis
 
 
-def _doctor_settings(cfg: DictConfig, key: str, schema: type[SettingsT]) -> SettingsT:
-    """``schema(**cfg.doctor.<key>)``, a bad key or value as a one-line error."""
-    values = OmegaConf.select(cfg, f"doctor.{key}") or {}
-    try:
-        return schema(**values)
-    except (TypeError, ValueError) as err:
-        raise PlateauError(f"doctor.{key}: {err}") from err
-
-
 def preflight_settings(cfg: DictConfig) -> PreflightSettings:
     """The preflight's settings from ``cfg.doctor.preflight``."""
-    return _doctor_settings(cfg, "preflight", PreflightSettings)
+    return doctor_settings(cfg, "preflight", PreflightSettings)
 
 
 def preflight(cfg: DictConfig, parts: TrialParts) -> PreflightReport:
@@ -148,6 +136,6 @@ def _use_feature_cache(cfg: DictConfig, parts: TrialParts) -> str:
 
 def build_thresholds(cfg: DictConfig) -> Thresholds:
     """The doctor's diagnosis thresholds from ``cfg.doctor.thresholds``."""
-    return _doctor_settings(cfg, "thresholds", Thresholds)
+    return doctor_settings(cfg, "thresholds", Thresholds)
 
 

@@ -16,6 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from errors import one_line
 from sweeps import ledger, tracking
+from sweeps.objectives import FirstObjective
+from sweeps.report import pareto
 from sweeps.report.model import base_trial, signed_gain
 from sweeps.storage import mask_password
 
@@ -181,6 +183,12 @@ class StudyRun:
                                study.direction == StudyDirection.MAXIMIZE)
             lines.append(f"Gain over the base config ({self._link(base)}, {base.value:.4f}): "
                          f"**{gain:+.4f}**.")
+        if isinstance(study, FirstObjective):  # a multi-objective study, read by its first
+            front = pareto.front_of(study.study, [])
+            if front is not None:
+                lines.append("Best above is by the first objective. Pareto front: "
+                             + ", ".join(self._link(t) for t in front.front)
+                             + f"; knee: {self._link(front.knee)} (`best_trial.yaml`).")
         lines.append("Pruned trials have the run status KILLED; their value is their best "
                      "objective before they were stopped. The study report is in this run's "
                      "artifacts (report/).")

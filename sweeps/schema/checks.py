@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -21,6 +21,8 @@ from errors import PlateauError, one_line
 from sweeps.objectives import Objectives
 from sweeps.schema.knobs import KNOBS
 from sweeps.schema.rules import ABSENT, Rule, mistake
+
+SettingsT = TypeVar("SettingsT")
 
 #: The smallest input side plateau accepts for a backbone without a stated minimum.
 MIN_IMAGE_SIZE = 16
@@ -62,16 +64,19 @@ def check_config(cfg: DictConfig) -> None:
 
 def _check_doctor(cfg: DictConfig) -> None:
     """The doctor's ranges (types are ConfigStore's, at compose time)."""
-    for key, settings in (("doctor.preflight", PreflightSettings),
-                          ("doctor.thresholds", Thresholds)):
-        values = _value(cfg, key)
-        if not isinstance(values, dict):
-            continue
-        try:
-            settings(**values)
-        except (TypeError, ValueError) as err:
-            raise PlateauError(f"{one_line(err)}; fix the value (python sweep.py --cfg job "
-                               "shows the current one)") from err
+    doctor_settings(cfg, "preflight", PreflightSettings)
+    doctor_settings(cfg, "thresholds", Thresholds)
+
+
+def doctor_settings(cfg: DictConfig, key: str, schema: type[SettingsT]) -> SettingsT:
+    """``schema(**cfg.doctor.<key>)`` (its defaults where the config has no such node); a
+    value out of range is one line naming it."""
+    values = _value(cfg, f"doctor.{key}")
+    try:
+        return schema(**(values if isinstance(values, dict) else {}))
+    except (TypeError, ValueError) as err:
+        raise PlateauError(f"{one_line(err)}; fix the value (python sweep.py --cfg job "
+                           "shows the current one)") from err
 
 
 def minimum_image_size(backbone: str) -> int:
