@@ -30,7 +30,9 @@ from doctor.diagnosis import FAILURES, LABELS, Diagnosis, fix_for
 from doctor.settings import Thresholds
 from errors import one_line
 from sweeps import ledger
+from sweeps.report import reruns
 from sweeps.report.diagnoses import final_labels
+from sweeps.report.reruns import RerunTable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,9 @@ class StudyReport:
     recall_note: str
     #: set when the importances rest on fewer complete trials than searched knobs
     importance_warning: str = ""
+    #: the top-k reruns' configs over seeds (:mod:`sweeps.report.reruns`); ``best`` is then
+    #: the best mean's search trial
+    reruns: RerunTable | None = None
     folder: Path | None = field(default=None, compare=False)
     run_id: str | None = field(default=None, compare=False)
 
@@ -250,9 +255,12 @@ def build(study: optuna.Study, objective: str = "objective", monitor: str = "val
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     found, note = importances(study, complete)
     best = study.best_trial if complete else None
+    rerun = reruns.of_study(study)
+    if rerun is not None:
+        best = rerun.pick.trial
     recall, recall_note = class_recall(best)
     labels = final_labels(trials, study.direction, thresholds)
     maximize = study.direction == StudyDirection.MAXIMIZE
     return StudyReport(study.study_name, study.direction, objective, monitor, trials, found,
                        note, choice_stats(trials, maximize), labels, best, recall,
-                       recall_note, importance_warning(found, complete, trials))
+                       recall_note, importance_warning(found, complete, trials), rerun)
