@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from doctor.diagnosis import LABELS
 from sweeps.metrics import aligned, monitor_direction
+from sweeps.report import reruns
 from sweeps.report.model import StudyReport
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ BY_CHOICE = "objective_by_choice.png"
 CURVES = "learning_curves.png"
 DIAGNOSES = "diagnoses.png"
 RECALL = "best_trial_recall.png"
-RERUNS_CSV = "reruns.csv"
 STATE_COLORS = {TrialState.COMPLETE: "tab:blue", TrialState.PRUNED: "tab:orange"}
 
 
@@ -196,15 +196,13 @@ def _overview(report: StudyReport) -> list[str]:
     best = report.best
     rows = [["direction", f"{report.direction.name.lower()} `{report.objective}`"],
             ["trials", counts],
-            ["best", f"{_number(best.value)} (trial {best.number})" if best else "none"],
-            *([["best mean over seeds (reruns)",
-                f"{report.reruns.pick.shown()}, trial {report.reruns.pick.trial.number}'s "
-                "config"]] if report.reruns else []),
+            ["best", reruns.best_cell(best, report.reruns) if best else "none"],
             ["gain over the base config", report.gain or "no base trial completed"],
             ["most important knobs", ", ".join(f"`{k}`" for k in report.top_knobs) or "none"],
             ["best trial's diagnosis", report.best_line() or "none"],
             ["most common fixable cause", report.failure_line()]]
-    return [f"# Study report: `{report.study_name}`", "", *_table(["", ""], rows)]
+    return [f"# Study report: `{report.study_name}`", "", *_table(["", ""], rows),
+            *reruns.section(report.reruns, report.objective)]
 
 
 def _sections(report: StudyReport, written: dict[str, bool]) -> list[str]:
@@ -234,36 +232,6 @@ def _sections(report: StudyReport, written: dict[str, bool]) -> list[str]:
               "orange, the best trial bold, each line ending in its trial number.", ""]
     lines += _image(written, CURVES, "learning curves") or ["_No trial reported a value._", ""]
     return lines
-
-
-def _rerun_section(report: StudyReport) -> list[str]:
-    """The top-k reruns: single-seed value beside mean ± sd, both ranks, the verdict."""
-    found = report.reruns
-    if found is None:
-        return []
-    lines = ["## Reruns", "", f"The best configs of the search, run again with new seeds "
-             f"after it: `{report.objective}` of one seed (the search trial's) beside the "
-             "mean ± sample sd over all its seeds (n values). The best mean is the pick "
-             f"(`best_trial.yaml`). {found.verdict()}", ""]
-    lines += _table(["config (trial)", "single seed", "mean ± sd (n)", "rerun seeds",
-                     "rank by single", "rank by mean", "order"], [
-        [str(r.trial.number), _number(r.single), r.shown(), ", ".join(map(str, r.seeds)),
-         str(r.rank_single), str(r.rank_mean),
-         "same" if r.rank_single == r.rank_mean else "changed"] for r in found.rows])
-    lines += [f"The table as CSV: [{RERUNS_CSV}]({RERUNS_CSV}).", ""]
-    return lines
-
-
-def write_reruns_csv(report: StudyReport, path: Path) -> bool:
-    """The rerun table as CSV (one row per config), for tools."""
-    if report.reruns is None:
-        return False
-    rows = ["trial,single,mean,sd,n,seeds,rank_single,rank_mean"]
-    rows += [f"{r.trial.number},{r.single!r},{r.mean!r},{'' if r.sd is None else repr(r.sd)},"
-             f"{r.n},{' '.join(map(str, r.seeds))},{r.rank_single},{r.rank_mean}"
-             for r in report.reruns.rows]
-    path.write_text("\n".join(rows) + "\n")
-    return True
 
 
 def _diagnosis_sections(report: StudyReport, written: dict[str, bool]) -> list[str]:
@@ -323,10 +291,8 @@ def write(report: StudyReport, folder: Path) -> Path:
     for name, plot in PLOTS.items():
         (folder / name).unlink(missing_ok=True)
         written[name] = plot(report, folder / name)
-    (folder / RERUNS_CSV).unlink(missing_ok=True)
-    write_reruns_csv(report, folder / RERUNS_CSV)
-    lines = (_overview(report) + _rerun_section(report) + _sections(report, written)
-             + _diagnosis_sections(report, written))
+    reruns.write_csv(report.reruns, folder)
+    lines = _overview(report) + _sections(report, written) + _diagnosis_sections(report, written)
     text = "\n".join(lines).rstrip() + "\n"
     (folder / REPORT_MD).write_text(text)
     (folder / REPORT_HTML).write_text(as_html(text, folder, report.study_name))

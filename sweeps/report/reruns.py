@@ -11,12 +11,22 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps import ledger
+
+#: The report's file holding the table as CSV.
+CSV = "reruns.csv"
+#: The report's words before its rerun table, and the table's columns.
+INTRO = ("The best configs of the search, run again with new seeds after it: the value of one "
+         "seed (the search trial's) beside the mean ± sample sd over all its seeds (n values); "
+         "the best mean is the pick (`best_trial.yaml`). The objective is")
+HEADER = ["config (trial)", "single seed", "mean ± sd (n)", "rerun seeds", "rank by single",
+          "rank by mean", "order"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,27 @@ class RerunTable:
     def planned(self) -> int:
         return sum(row.planned for row in self.rows)
 
+    def cells(self) -> list[list[str]]:
+        """The report's rows under :data:`HEADER`."""
+        return [[str(r.trial.number), f"{r.single:.4f}", r.shown(), ", ".join(map(str, r.seeds)),
+                 str(r.rank_single), str(r.rank_mean),
+                 "same" if r.rank_single == r.rank_mean else "changed"] for r in self.rows]
+
+    def markdown(self, objective: str) -> list[str]:
+        """The study report's *Reruns* section (``report.md``)."""
+        rows = [HEADER, ["---"] * len(HEADER), *self.cells()]
+        return ["## Reruns", "", f"{INTRO} `{objective}`. {self.verdict()}", "",
+                *("| " + " | ".join(row) + " |" for row in rows), "",
+                f"The table as CSV: [{CSV}]({CSV}).", ""]
+
+    def csv(self) -> str:
+        """The table as CSV, one row per config, full precision (``report/reruns.csv``)."""
+        lines = ["trial,single,mean,sd,n,seeds,rank_single,rank_mean"]
+        lines += [f"{r.trial.number},{r.single!r},{r.mean!r},{'' if r.sd is None else repr(r.sd)},"
+                  f"{r.n},{' '.join(map(str, r.seeds))},{r.rank_single},{r.rank_mean}"
+                  for r in self.rows]
+        return "\n".join(lines) + "\n"
+
     def verdict(self) -> str:
         """The outcome in words: whether the order changed, and the pick."""
         pick, first = self.pick, self.rows[0]
@@ -135,3 +166,24 @@ def of_study(study: optuna.Study,
         return None
     found = study.get_trials(deepcopy=False) if trials is None else trials
     return rerun_table(found, plan, study.direction == StudyDirection.MAXIMIZE)
+
+
+def best_cell(best: FrozenTrial, table: RerunTable | None) -> str:
+    """The report overview's best: the trial's value, and after reruns the pick's mean."""
+    text = f"{best.value:.4f} (trial {best.number})"
+    if table is None:
+        return text
+    return (f"{text}; best mean over seeds (reruns): {table.pick.shown()}, trial "
+            f"{table.pick.trial.number}'s config")
+
+
+def section(table: RerunTable | None, objective: str) -> list[str]:
+    """The report's *Reruns* section; nothing without reruns."""
+    return [] if table is None else table.markdown(objective)
+
+
+def write_csv(table: RerunTable | None, folder: Path) -> None:
+    """``<folder>/reruns.csv`` with the table; a stale one removed when there is none."""
+    (folder / CSV).unlink(missing_ok=True)
+    if table is not None:
+        (folder / CSV).write_text(table.csv())
