@@ -73,14 +73,41 @@ def _exclusive(study: optuna.Study, trial_id: int) -> Iterator[None]:
     if engine is None or engine.dialect.name != "postgresql":
         yield  # Optuna's SELECT ... FOR UPDATE: the second writer gets UpdateFinishedTrialError
         return
+    with _advisory_lock(engine, 7368, trial_id):
+        yield
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine: Any, space: int, key: int) -> Iterator[None]:
+    """PostgreSQL's advisory lock ``(space, key)`` for the block."""
     from sqlalchemy import text
 
     with engine.connect() as connection:  # the lock ends with its session, a killed one too
-        connection.execute(text("SELECT pg_advisory_lock(7368, :id)"), {"id": trial_id})
+        connection.execute(text("SELECT pg_advisory_lock(:space, :key)"),
+                           {"space": space, "key": key})
         try:
             yield
         finally:
-            connection.execute(text("SELECT pg_advisory_unlock(7368, :id)"), {"id": trial_id})
+            connection.execute(text("SELECT pg_advisory_unlock(:space, :key)"),
+                               {"space": space, "key": key})
+
+
+@contextlib.contextmanager
+def planning(study: optuna.Study) -> Iterator[None]:
+    """Around a decision about the whole study that workers could make at once (queueing
+    the top-k reruns, :mod:`sweeps.sweeper.reruns`): one plateau process at a time. On a
+    file, its ``flock`` (the one :func:`taking_trial` takes: do not nest them); on
+    PostgreSQL, an advisory lock on the study's id."""
+    if ledger.storage_file(study) is not None:
+        with _file_lock(study):
+            yield
+        return
+    engine = ledger.storage_engine(study)
+    if engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    with _advisory_lock(engine, 7369, ledger.study_id(study)):
+        yield
 
 
 def end_once(study: optuna.Study, trial_id: int, end: Callable[[FrozenTrial], None]) -> bool:
@@ -156,7 +183,8 @@ def withdraw(study: optuna.Study, trial_id: int) -> bool:
     fixed = ledger.queued_params(frozen)
     if fixed or ledger.ATTR_ROLE in frozen.user_attrs:
         ledger.enqueue(study, fixed, frozen.user_attrs.get(ledger.ATTR_ROLE, ""),
-                       int(frozen.user_attrs.get(ledger.ATTR_RELAUNCHES, 0)))
+                       int(frozen.user_attrs.get(ledger.ATTR_RELAUNCHES, 0)),
+                       ledger.carried(frozen))
     return True
 
 
@@ -191,6 +219,9 @@ def abandon(study: optuna.Study, trial_id: int, died: str | None = None,
     frozen, final = ended[0]
     if not final:
         relaunches = int(frozen.user_attrs.get(ledger.ATTR_RELAUNCHES, 0))
-        ledger.enqueue(study, frozen.params, frozen.user_attrs.get(ledger.ATTR_ROLE, ""),
-                       relaunches + (died is not None))
+        # a rerun cut off before its params were suggested keeps its queued ones
+        params = ({**ledger.queued_params(frozen), **frozen.params} if ledger.is_rerun(frozen)
+                  else frozen.params)
+        ledger.enqueue(study, params, frozen.user_attrs.get(ledger.ATTR_ROLE, ""),
+                       relaunches + (died is not None), ledger.carried(frozen))
     return True

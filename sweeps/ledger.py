@@ -69,6 +69,18 @@ ATTR_CLASSES = "classes"
 ATTR_ROLE = "role"
 #: :data:`ATTR_ROLE` of the base trial, which no pruner or stopping rule ends early.
 ROLE_BASE = "base"
+#: :data:`ATTR_ROLE` of a top-k rerun (:mod:`sweeps.sweeper.reruns`): a COMPLETE search
+#: trial's config run again with another seed after the search. Counted outside ``n_trials``
+#: and, like the base trial, never pruned nor stopped early.
+ROLE_RERUN = "rerun"
+#: The number of the search trial a rerun repeats, and the ``seed`` it runs with.
+ATTR_RERUN_OF = "rerun_of"
+ATTR_RERUN_SEED = "rerun_seed"
+#: Attributes a re-queued trial keeps (beside its role): what makes a rerun that rerun.
+CARRIED = (ATTR_RERUN_OF, ATTR_RERUN_SEED)
+#: Study user attribute: the reruns chosen once the search finished (see
+#: :mod:`sweeps.sweeper.reruns`), so a resume runs the same ones.
+STUDY_RERUN_PLAN = "rerun_plan"
 
 
 @contextlib.contextmanager
@@ -100,6 +112,11 @@ def uninterrupted() -> Iterator[None]:
 def trial_id(trial: Trial | FrozenTrial) -> int:
     """The storage's id of ``trial`` (unique across studies; its number is per study)."""
     return int(trial._trial_id)
+
+
+def study_id(study: optuna.Study) -> int:
+    """The storage's id of ``study``."""
+    return int(study._study_id)
 
 
 def trial_id_of(study: optuna.Study, number: int) -> int:
@@ -175,8 +192,9 @@ def tell_pruned(study: optuna.Study, trial_id: int, value: float | list[float] |
 # -- the budget ----------------------------------------------------------------------------
 
 def is_finished(trial: FrozenTrial) -> bool:
-    """Counts toward ``n_trials`` (and in the study report): COMPLETE, PRUNED, or FAIL not
-    caused by an interruption nor a withdrawal (see :mod:`sweeps.ending`)."""
+    """Ended on its own (counted in the study report and the failure rate): COMPLETE,
+    PRUNED, or FAIL not caused by an interruption nor a withdrawal (see
+    :mod:`sweeps.ending`). Toward ``n_trials`` only when not a rerun (:func:`spends_budget`)."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and not (
@@ -194,9 +212,20 @@ def shown_value(trial: FrozenTrial) -> float | None:
     return None if value is None else float(value)
 
 
+def is_rerun(trial: FrozenTrial | Trial) -> bool:
+    """A top-k rerun (:data:`ROLE_RERUN`): outside the ``n_trials`` budget."""
+    return trial.user_attrs.get(ATTR_ROLE) == ROLE_RERUN
+
+
+def spends_budget(trial: FrozenTrial) -> bool:
+    """Counts toward ``n_trials``: finished (:func:`is_finished`) and not a rerun."""
+    return is_finished(trial) and not is_rerun(trial)
+
+
 def claims_budget(trial: FrozenTrial) -> bool:
-    """Holds one unit of ``n_trials``: finished (:func:`is_finished`) or running."""
-    return trial.state == TrialState.RUNNING or is_finished(trial)
+    """Holds one unit of ``n_trials``: finished (:func:`is_finished`) or running, and not a
+    rerun (reruns are counted apart)."""
+    return not is_rerun(trial) and (trial.state == TrialState.RUNNING or is_finished(trial))
 
 
 def within_budget(trials: Sequence[FrozenTrial], trial_number: int, n_trials: int) -> bool:
@@ -210,11 +239,17 @@ def within_budget(trials: Sequence[FrozenTrial], trial_number: int, n_trials: in
     return len(before) < n_trials
 
 
+def carried(trial: FrozenTrial) -> dict[str, Any]:
+    """The :data:`CARRIED` attributes ``trial`` has, for its re-queued successor."""
+    return {key: trial.user_attrs[key] for key in CARRIED if key in trial.user_attrs}
+
+
 def enqueue(study: optuna.Study, params: dict[str, Any], role: str = "",
-            relaunches: int = 0) -> None:
+            relaunches: int = 0, extra: dict[str, Any] | None = None) -> None:
     """Queue ``params`` for the next trial asked, with its :data:`ATTR_ROLE` and
-    :data:`ATTR_RELAUNCHES` when given."""
+    :data:`ATTR_RELAUNCHES` when given, and the ``extra`` user attributes."""
     attrs: dict[str, Any] = {ATTR_ROLE: role} if role else {}
+    attrs |= extra or {}
     if relaunches:
         attrs[ATTR_RELAUNCHES] = relaunches
     study.enqueue_trial(params, user_attrs=attrs or None, skip_if_exists=False)

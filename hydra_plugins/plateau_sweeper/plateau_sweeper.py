@@ -183,6 +183,11 @@ class PlateauSweeperConf:
     heartbeat_timeout_s: float = 600.0
     # trials sharing one GPU when several run in parallel on a machine (sweeps.devices)
     trials_per_gpu: int = 1
+    # After the search's n_trials: the rerun_top_k best complete configs run again with
+    # rerun_seeds new seeds each (seed + 1 ... + s), outside n_trials; the final pick is the
+    # best mean (sweeps.sweeper.reruns). 0: off; set both.
+    rerun_top_k: int = 0
+    rerun_seeds: int = 0
 
 
 _STORE = ConfigStore.instance()

@@ -52,8 +52,10 @@ class TrialReporter(RankZeroStop):
         self.reason: str | None = None
         self.stopped_epoch: int | None = None
         self._values: dict[int, float] = {}
-        #: the base trial runs to its end: the sweep's guarantee is its full value
-        self.exempt = trial.user_attrs.get(ledger.ATTR_ROLE) == ledger.ROLE_BASE
+        #: the base trial runs to its end: the sweep's guarantee is its full value; a top-k
+        #: rerun too: it re-measures a config, which a pruner must not cut short
+        self.exempt = trial.user_attrs.get(ledger.ATTR_ROLE) in (ledger.ROLE_BASE,
+                                                                 ledger.ROLE_RERUN)
 
     @property
     def ending(self) -> str:

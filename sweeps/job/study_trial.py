@@ -63,6 +63,9 @@ class _JobTrial:
         role = self.trial.user_attrs.get(ledger.ATTR_ROLE)
         if role:
             self.tags["plateau.role"] = role
+        for key in ledger.CARRIED:  # a rerun's original trial and seed
+            if key in self.trial.user_attrs:
+                self.tags[f"plateau.{key}"] = str(self.trial.user_attrs[key])
         parent = self.study.user_attrs.get(tracking.STUDY_RUN_ATTR)
         if parent:
             self.tags["mlflow.parentRunId"] = parent

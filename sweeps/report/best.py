@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps import ledger
 from sweeps.objectives import Objectives
-from sweeps.report import pareto
+from sweeps.report import pareto, reruns
 
 BEST_CONFIG = "best_trial.yaml"
 RESULTS = "optimization_results.yaml"
@@ -27,17 +27,23 @@ def export_best(study: optuna.Study, sweep_dir: str | Path, config: DictConfig,
                 loader: ConfigLoader) -> Path | None:
     """Write the best trial's composed config and ``optimization_results.yaml`` to
     ``sweep_dir``; ``config`` is the sweep's, composed again with the best trial's overrides
-    by Hydra's config ``loader``. None when no trial is complete."""
+    by Hydra's config ``loader``. After top-k reruns, the best trial is the config with the
+    best mean over seeds (:mod:`sweeps.report.reruns`), and the file says so. None when no
+    trial is complete."""
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return None
     out = Path(sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     front = pareto.front_of(study, list(Objectives.of(config).metrics))
+    found = reruns.of_study(study) if front is None else None  # reruns: one objective
     results: dict[str, Any]
     if front is None:
-        best = study.best_trial
+        best = study.best_trial if found is None else found.pick.trial
         results = {"name": "optuna", "best_params": best.params, "best_value": best.value,
                    "best_trial": best.number}
+        if found is not None:
+            results |= {"best_mean": found.pick.mean, "best_sd": found.pick.sd,
+                        "best_n": found.pick.n, "order_changed": found.changed}
     else:
         best = front.knee
         results = {"name": "optuna", "best_params": best.params, "best_values": best.values,
@@ -50,7 +56,14 @@ def export_best(study: optuna.Study, sweep_dir: str | Path, config: DictConfig,
         for trial in front.front:
             export_config(trial, folder / f"trial_{trial.number}.yaml", config, loader)
     OmegaConf.save(OmegaConf.create({**results, "overrides": _overrides(best)}), out / RESULTS)
-    return export_config(best, out / BEST_CONFIG, config, loader)
+    path = export_config(best, out / BEST_CONFIG, config, loader)
+    if found is not None:  # say which pick this is: not the best single trial
+        pick = found.pick
+        path.write_text(
+            f"# The best mean over seeds after the top-k reruns: trial {best.number}'s config, "
+            f"{pick.shown()}\n# (single seed {pick.single:.4f}); its seed is the search "
+            f"trial's. {found.verdict()}\n" + path.read_text())
+    return path
 
 
 def _overrides(trial: FrozenTrial) -> list[str]:

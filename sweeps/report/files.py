@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from doctor.diagnosis import LABELS
 from sweeps.metrics import aligned, monitor_direction
-from sweeps.report import pareto
+from sweeps.report import pareto, reruns
 from sweeps.report.model import StudyReport
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def _overview(report: StudyReport) -> list[str]:
                                              zip(front.names, front.directions, strict=True))],
             ["trials", counts],
             ["best" if front is None else f"best `{front.names[0]}`",
-             f"{_number(best.value)} (trial {best.number})" if best else "none"]]
+             reruns.best_cell(best, report.reruns) if best else "none"]]
     if front is not None:
         rows.append(["Pareto front", f"{len(front.front)} trials; the knee is trial "
                                      f"{front.knee.number}"])
@@ -208,7 +208,8 @@ def _overview(report: StudyReport) -> list[str]:
              ["most important knobs", ", ".join(f"`{k}`" for k in report.top_knobs) or "none"],
              ["best trial's diagnosis", report.best_line() or "none"],
              ["most common fixable cause", report.failure_line()]]
-    return [f"# Study report: `{report.study_name}`", "", *_table(["", ""], rows)]
+    return [f"# Study report: `{report.study_name}`", "", *_table(["", ""], rows),
+            *reruns.section(report.reruns, report.objective)]
 
 
 def _sections(report: StudyReport, written: dict[str, bool]) -> list[str]:
@@ -299,6 +300,7 @@ def write(report: StudyReport, folder: Path) -> Path:
         written[name] = plot(report, folder / name)
     (folder / pareto.PLOT).unlink(missing_ok=True)
     drawn = report.pareto is not None and pareto.plot(report.pareto, folder / pareto.PLOT)
+    reruns.write_csv(report.reruns, folder)
     lines = (_overview(report) + pareto.section(report.pareto, drawn)
              + _sections(report, written) + _diagnosis_sections(report, written))
     text = "\n".join(lines).rstrip() + "\n"

@@ -31,8 +31,10 @@ from doctor.settings import Thresholds
 from errors import one_line
 from sweeps import ledger
 from sweeps.objectives import first_objective
+from sweeps.report import reruns
 from sweeps.report.diagnoses import final_labels
 from sweeps.report.pareto import ParetoFront, front_of
+from sweeps.report.reruns import RerunTable
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,9 @@ class StudyReport:
     recall_note: str
     #: set when the importances rest on fewer complete trials than searched knobs
     importance_warning: str = ""
+    #: the top-k reruns' configs over seeds (:mod:`sweeps.report.reruns`); ``best`` is then
+    #: the best mean's search trial
+    reruns: RerunTable | None = None
     #: a multi-objective study's front (the other sections read its first objective)
     pareto: ParetoFront | None = None
     folder: Path | None = field(default=None, compare=False)
@@ -256,9 +261,13 @@ def build(study: optuna.Study, objective: str = "objective", monitor: str = "val
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     found, note = importances(study, complete)
     best = study.best_trial if complete else None
+    rerun = reruns.of_study(study)
+    if rerun is not None:
+        best = rerun.pick.trial
     recall, recall_note = class_recall(best)
     labels = final_labels(trials, study.direction, thresholds)
     maximize = study.direction == StudyDirection.MAXIMIZE
     return StudyReport(study.study_name, study.direction, objective, monitor, trials, found,
                        note, choice_stats(trials, maximize), labels, best, recall,
-                       recall_note, importance_warning(found, complete, trials), pareto)
+                       recall_note, importance_warning(found, complete, trials), rerun,
+                       pareto)

@@ -44,6 +44,7 @@ def publish(study: optuna.Study, folder: Path, client: Any = None, run_id: str |
     try:
         client.set_tag(run_id, "plateau.top_knobs", ",".join(report.top_knobs) or "none")
         client.set_tag(run_id, "plateau.dominant_failure", dominant[0] if dominant else "none")
+        _log_reruns(client, run_id, report)
         if report.pareto is not None:
             client.set_tag(run_id, "plateau.knee_trial", str(report.pareto.knee.number))
             client.set_tag(run_id, "plateau.pareto_trials",
@@ -54,6 +55,21 @@ def publish(study: optuna.Study, folder: Path, client: Any = None, run_id: str |
     else:
         report.run_id = run_id
     return report
+
+
+def _log_reruns(client: Any, run_id: str, report: StudyReport) -> None:
+    """The reruns' pick on the study run (the table itself is in ``report/reruns.csv``):
+    metrics ``rerun_best_mean``, ``rerun_best_sd``, ``rerun_best_n``, tags
+    ``plateau.rerun_pick`` and ``plateau.rerun_order_changed``."""
+    if report.reruns is None:
+        return
+    pick = report.reruns.pick
+    client.log_metric(run_id, "rerun_best_mean", pick.mean)
+    if pick.sd is not None:
+        client.log_metric(run_id, "rerun_best_sd", pick.sd)
+    client.log_metric(run_id, "rerun_best_n", pick.n)
+    client.set_tag(run_id, "plateau.rerun_pick", str(pick.trial.number))
+    client.set_tag(run_id, "plateau.rerun_order_changed", str(report.reruns.changed).lower())
 
 
 def _retag(client: Any, report: StudyReport) -> None:

@@ -15,7 +15,7 @@ from rich.table import Table
 from doctor.diagnosis import Diagnosis
 from errors import console
 from sweeps import ledger
-from sweeps.report import files, pareto
+from sweeps.report import files, pareto, reruns
 from sweeps.report.model import StudyReport, base_trial, gain_over_base
 from sweeps.report.pareto import ParetoFront
 
@@ -38,6 +38,9 @@ def trial_table(trials: list[FrozenTrial], labels: Mapping[int, Diagnosis]) -> T
         elif trial.user_attrs.get(ledger.ATTR_WITHDRAWN):
             note = "withdrawn: the budget went to another worker"
         role = trial.user_attrs.get(ledger.ATTR_ROLE, "")
+        if ledger.is_rerun(trial):
+            role = (f"rerun of trial {trial.user_attrs.get(ledger.ATTR_RERUN_OF)}, seed "
+                    f"{trial.user_attrs.get(ledger.ATTR_RERUN_SEED)}")
         if role:
             note = f"{role}; {note}" if note else role
         table.add_row(str(trial.number), trial.state.name,
@@ -60,7 +63,25 @@ def summary_table(study: optuna.Study, trials: list[FrozenTrial], seconds: float
                               study.direction == StudyDirection.MAXIMIZE)
         table.add_row("gain over base", gain or "no base trial completed")
         table.add_row("best params", "\n".join(f"{k}={v}" for k, v in best.params.items()))
+    found = reruns.of_study(study, trials)
+    if found is not None:
+        pick = found.pick
+        table.add_row("best mean over seeds", f"{pick.shown()}, trial {pick.trial.number}'s "
+                                              f"config (single seed {pick.single:.4f})")
+        table.add_row("reruns", found.verdict())
     table.add_row("wall time", f"{seconds:.0f} s")
+    return table
+
+
+def rerun_table(found: reruns.RerunTable) -> Table:
+    """One row per rerun config: its single-seed value beside its mean ± sd over seeds."""
+    table = Table(title="top-k reruns: the best mean is the pick")
+    for column in ("config (trial)", "single seed", "mean ± sd (n)", "seeds",
+                   "rank by single", "rank by mean"):
+        table.add_column(column)
+    for row in found.rows:
+        table.add_row(str(row.trial.number), f"{row.single:.4f}", row.shown(),
+                      ", ".join(map(str, row.seeds)), str(row.rank_single), str(row.rank_mean))
     return table
 
 
@@ -68,9 +89,13 @@ def print_end(study: optuna.Study, trials: list[FrozenTrial], seconds: float,
               best_config: Path | None, labels: Mapping[int, Diagnosis]) -> None:
     """The trial table, the study summary, and how to re-run the best trial."""
     console.print(trial_table(trials, labels))
+    found = reruns.of_study(study, trials)
+    if found is not None:
+        console.print(rerun_table(found))
     console.print(summary_table(study, trials, seconds))
     if best_config is not None:
-        console.print(f"best trial's config: {best_config}\nre-run it: python sweep.py "
+        what = "best mean's config" if found is not None else "best trial's config"
+        console.print(f"{what}: {best_config}\nre-run it: python sweep.py "
                       f"--config-path={best_config.parent.resolve()} "
                       f"--config-name={best_config.stem}")
 

@@ -12,7 +12,9 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from errors import PlateauError, console
 from sweeps import ending, ledger, liveness
+from sweeps.sweeper import reruns
 from sweeps.sweeper.first_trials import BASE
+from sweeps.sweeper.reruns import Reruns
 from sweeps.sweeper.search_space import SearchSpace
 
 
@@ -79,7 +81,7 @@ class Deadline:
         if not self.passed:
             self.passed = True
             running = sum(t.state == TrialState.RUNNING for t in trials)
-            done = sum(map(ledger.is_finished, trials))
+            done = sum(map(ledger.spends_budget, trials))
             console.print(f"[yellow]plateau: hydra.sweeper.timeout={self._given} is spent: no "
                           f"new trials; {running} running trial(s) finish. {done} of "
                           f"{n_trials} trials done: re-run the same command to continue the "
@@ -94,7 +96,7 @@ class Asker:
     def __init__(self, study: optuna.Study, space: SearchSpace, n_trials: int,
                  failures: FailureRate, config: DictConfig,
                  custom: Callable[[DictConfig, Trial], None] | None = None,
-                 deadline: Deadline | None = None) -> None:
+                 deadline: Deadline | None = None, reruns: Reruns | None = None) -> None:
         self._study = study
         self._space = space
         self._n_trials = n_trials
@@ -102,9 +104,11 @@ class Asker:
         self._config = config
         self._custom = custom
         self.deadline = deadline or Deadline()
+        self._reruns = reruns
 
     def next_trial(self) -> tuple[Trial, list[str]] | None:
-        """Ask the next trial of the budget, or None when every unit is claimed.
+        """Ask the next trial of the budget, or None when every unit is claimed; then,
+        with reruns set, the next top-k rerun once the search is over (outside the budget).
 
         Other workers may share the study: a trial asked as the budget ran out elsewhere is
         withdrawn (see :func:`sweeps.ledger.within_budget`).
@@ -112,19 +116,42 @@ class Asker:
         study = self._study
         trials = study.get_trials(deepcopy=False)
         self._failures.check(trials)
-        if (sum(map(ledger.claims_budget, trials)) >= self._n_trials
-                or self.deadline.check(trials, self._n_trials)):
+        if sum(map(ledger.claims_budget, trials)) >= self._n_trials:
+            if self._reruns is None or self.deadline.check(trials, self._n_trials):
+                return None
+            return self._next_rerun()
+        if self.deadline.check(trials, self._n_trials):
             return None
         with ending.taking_trial(study):  # sqlite ignores Optuna's row lock on a queued trial
             trial = study.ask()
             # owned at once: a worker starting now must not take it for a dead sweep's trial
             trial.set_user_attr(ledger.ATTR_OWNER, liveness.owner_id())
             trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
+        if ledger.is_rerun(trial):  # queued before this study's budget was raised
+            return trial, reruns.overrides_for(study, trial)
         if not ledger.within_budget(study.get_trials(deepcopy=False), trial.number,
                                     self._n_trials):
             ending.withdraw(study, ledger.trial_id(trial))
             return None
         return trial, self._overrides(trial)
+
+    def _next_rerun(self) -> tuple[Trial, list[str]] | None:
+        """The next top-k rerun (:mod:`sweeps.sweeper.reruns`), once the search is over."""
+        assert self._reruns is not None
+        for _ in range(3):  # a search trial queued ahead of the reruns is withdrawn (requeued)
+            trial = self._reruns.take(self._study, self._n_trials)
+            if trial is None:
+                return None
+            if ledger.is_rerun(trial):
+                return trial, reruns.overrides_for(self._study, trial)
+            ending.withdraw(self._study, ledger.trial_id(trial))
+        return None
+
+    def waits(self) -> bool:
+        """Whether a slot with nothing to run should look again in a moment: reruns are
+        due once the search trials still running elsewhere end (sleeps meanwhile)."""
+        return (self._reruns is not None and not self.deadline.passed
+                and self._reruns.waits(self._study, self._n_trials))
 
     def _overrides(self, trial: Trial) -> list[str]:
         overrides = suggest_overrides(trial, self._space, self._config, self._custom)

@@ -41,7 +41,7 @@ def ends_study(trials: Sequence[FrozenTrial], status: str, started: float, n_tri
         launched: numbers of the trials this worker ran.
     """
     running = [t for t in trials if t.state == TrialState.RUNNING
-               and ledger.within_budget(trials, t.number, n_trials)]
+               and (ledger.is_rerun(t) or ledger.within_budget(trials, t.number, n_trials))]
     if running:
         console.print(f"plateau: this worker is done; {len(running)} trials still run in "
                       "other workers, the last of them writes the study report")

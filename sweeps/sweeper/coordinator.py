@@ -31,6 +31,7 @@ from sweeps.storage import hide_storage_password, mask_password, resolve_storage
 from sweeps.sweeper import closing, first_trials, settings
 from sweeps.sweeper.asking import Asker, Deadline, FailureRate
 from sweeps.sweeper.progress import Progress
+from sweeps.sweeper.reruns import Reruns
 from sweeps.sweeper.search_space import parse_search_space
 from sweeps.sweeper.slots import Slots
 from sweeps.sweeper.study import create_study, label_for_viewers, recover_stale
@@ -91,7 +92,9 @@ class StudySweeper:
                             s.mlflow_params(space, self.objectives))
         console.print(f"study '{s.study_name}' in {mask_password(url)}: budget "
                       f"{s.n_trials} finished trials, "
-                      f"{sum(map(ledger.is_finished, study.trials))} done")
+                      f"{sum(map(ledger.spends_budget, study.trials))} done"
+                      + (f"; then the {s.rerun_top_k} best configs run again with "
+                         f"{s.rerun_seeds} new seeds each" if s.rerun_top_k else ""))
         if self.objectives.multi:
             console.print(f"objectives: {self.objectives.shown()}; the pruner judges "
                           f"{self.objectives.first} only, the report shows the Pareto front",
@@ -99,8 +102,16 @@ class StudySweeper:
         self.started = time.time()  # failures before this sweep do not count
         asker = Asker(study, space, s.n_trials, FailureRate(s.max_failure_rate, self.started),
                       self.config, s.custom_search_space,
-                      Deadline(s.timeout, s.timeout_s, self.started))
+                      Deadline(s.timeout, s.timeout_s, self.started), self._reruns())
         return study, run, asker
+
+    def _reruns(self) -> Reruns | None:
+        """The top-k reruns after the search, when set (:mod:`sweeps.sweeper.reruns`)."""
+        s = self.settings
+        if not s.rerun_top_k:
+            return None
+        return Reruns(s.rerun_top_k, s.rerun_seeds, int(self.config.seed),
+                      s.heartbeat_timeout_s)
 
     def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
         study, run, asker = self._open(arguments)

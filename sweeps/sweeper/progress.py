@@ -49,7 +49,7 @@ class Progress:
         self._study = study
         self._n_trials = n_trials
         self._started = started
-        self._done_before = sum(map(ledger.is_finished, study.get_trials(deepcopy=False)))
+        self._done_before = sum(map(ledger.spends_budget, study.get_trials(deepcopy=False)))
         self._lock = threading.Lock()
 
     def _best(self, trials: list[FrozenTrial]) -> FrozenTrial | None:
@@ -62,11 +62,13 @@ class Progress:
     def standing(self, trials: list[FrozenTrial]) -> str:
         """``3/8 finished · best 0.9944 (trial 2) · 2 complete, 1 pruned, 0 failed · 3m05s,
         ETA 4m10s``"""
-        finished = [t for t in trials if ledger.is_finished(t)]
+        finished = [t for t in trials if ledger.spends_budget(t)]
         counts = Counter(t.state for t in finished)
         best = self._best(trials)
         elapsed = time() - self._started
-        parts = [f"{len(finished)}/{self._n_trials} finished",
+        reruns = sum(ledger.is_rerun(t) and ledger.is_finished(t) for t in trials)
+        parts = [f"{len(finished)}/{self._n_trials} finished"
+                 + (f" + {reruns} reruns" if reruns else ""),
                  f"best {best.value:.4f} (trial {best.number})" if best else "no best yet",
                  f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
                  f"{counts[TrialState.FAIL]} failed"]
@@ -87,6 +89,9 @@ class Progress:
         planned = trial.user_attrs.get(ATTR_MAX_EPOCHS)
         ran = f"{epochs}/{planned} epochs" if planned else f"{epochs} epochs"
         role = trial.user_attrs.get(ledger.ATTR_ROLE)
+        if ledger.is_rerun(trial):
+            role = (f"rerun of trial {trial.user_attrs.get(ledger.ATTR_RERUN_OF)}, seed "
+                    f"{trial.user_attrs.get(ledger.ATTR_RERUN_SEED)}")
         label = f"trial {number}" + (f" ({role})" if role else "")
         with self._lock:
             console.print(f"{label} {trial.state.name}{shown}, {ran} · "

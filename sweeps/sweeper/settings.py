@@ -57,6 +57,10 @@ class SweepSettings:
     default_portfolio: dict[str, Any] = field(default_factory=dict)
     #: how long this sweep launches trials, as given (see :func:`parse_duration`)
     timeout: Any = None
+    #: the best configs run again after the search, and the new seeds each gets
+    #: (:mod:`sweeps.sweeper.reruns`); 0: off
+    rerun_top_k: int = 0
+    rerun_seeds: int = 0
 
     @property
     def timeout_s(self) -> float | None:
@@ -141,6 +145,7 @@ class SweepSettings:
             raise PlateauError(f"hydra.sweeper.monitor={self.monitor} is not a metric trials "
                                f"report each epoch; use one of {', '.join(METRICS)}")
         parse_duration(self.timeout)
+        self.check_reruns()
         for direction in self.directions:
             if direction not in DIRECTIONS:
                 raise PlateauError(f"hydra.sweeper.direction={direction} must be maximize or "
@@ -160,6 +165,25 @@ class SweepSettings:
                                "single-objective studies; in a multi-objective sweep use "
                                "pruner=stagnation, median, successive_halving or none (they "
                                "judge the first objective)")
+
+    def check_reruns(self) -> None:
+        """``rerun_top_k`` and ``rerun_seeds``: both off, or both at least 1."""
+        k, s = self.rerun_top_k, self.rerun_seeds
+        for name, value in (("rerun_top_k", k), ("rerun_seeds", s)):
+            if value < 0:
+                raise PlateauError(f"hydra.sweeper.{name}={value} is negative; set it to 0 "
+                                   "(no reruns) or more")
+        if (k > 0) != (s > 0):
+            given, missing = ("rerun_top_k", "rerun_seeds") if k else ("rerun_seeds",
+                                                                       "rerun_top_k")
+            raise PlateauError(f"hydra.sweeper.{given}={max(k, s)} needs hydra.sweeper."
+                               f"{missing} too: set both (e.g. rerun_top_k=3 rerun_seeds=2), "
+                               "or neither")
+        if k and len(self.directions) > 1:
+            raise PlateauError(f"hydra.sweeper.rerun_top_k={k}: reruns rank configs by one "
+                               "objective, and hydra.sweeper.direction="
+                               f"[{','.join(self.directions)}] "
+                               "has several; set rerun_top_k=0 rerun_seeds=0")
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

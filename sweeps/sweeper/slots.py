@@ -58,7 +58,7 @@ class Slots:
 
     def _run(self) -> None:
         if self._slots == 1:
-            while self._run_next():
+            while self._run_next() or self._asker.waits():
                 pass
             return
         stop = threading.Event()
@@ -66,7 +66,7 @@ class Slots:
 
         def slot() -> None:
             try:
-                while not stop.is_set() and self._run_next():
+                while not stop.is_set() and (self._run_next() or self._asker.waits()):
                     pass
             except BaseException as err:  # handed to the main thread
                 errors.append(err)
