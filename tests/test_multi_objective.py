@@ -80,16 +80,16 @@ def test_the_pruner_judges_the_first_objective_of_a_multi_objective_study() -> N
     study = optuna.create_study(directions=["minimize", "minimize"],
                                 pruner=MedianPruner(n_startup_trials=2, n_warmup_steps=0))
     for loss in (0.2, 0.3):
-        trial = ledger.live_trial(first_objective(study), study.ask()._trial_id)
+        trial = ledger.live_trial(first_objective(study), ledger.trial_id(study.ask()))
         trial.report(loss, 0)
         study.tell(trial.number, [loss, 5.0])
     judged = first_objective(study)
     assert isinstance(judged, FirstObjective)
     assert judged.direction == StudyDirection.MINIMIZE
-    trailing = ledger.live_trial(judged, study.ask()._trial_id)
+    trailing = ledger.live_trial(judged, ledger.trial_id(study.ask()))
     trailing.report(0.9, 0)
     assert trailing.should_prune()
-    leading = ledger.live_trial(judged, study.ask()._trial_id)
+    leading = ledger.live_trial(judged, ledger.trial_id(study.ask()))
     leading.report(0.1, 0)
     assert not leading.should_prune()
     assert judged.best_trial.values == [0.2]  # the first objective's best, as a single value

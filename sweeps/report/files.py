@@ -7,13 +7,10 @@ A plot with nothing to show is not written; ``report.md`` says why its section i
 
 from __future__ import annotations
 
-import base64
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 
-import markdown
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -23,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from doctor.diagnosis import LABELS
 from sweeps.metrics import aligned, monitor_direction
-from sweeps.report import pareto, reruns
+from sweeps.report import page, pareto, reruns
 from sweeps.report.model import StudyReport
 
 log = logging.getLogger(__name__)
@@ -265,26 +262,6 @@ def _diagnosis_sections(report: StudyReport, written: dict[str, bool]) -> list[s
     return lines
 
 
-PAGE_STYLE = ("body{font-family:sans-serif;max-width:60em;margin:1em auto;padding:0 1em}"
-              "table{border-collapse:collapse;margin:.5em 0}"
-              "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}"
-              "img{max-width:100%}")
-
-
-def as_html(text: str, folder: Path, title: str) -> str:
-    """``report.md`` as one HTML page, its PNGs inlined as data URIs (an artifact viewer
-    shows the page alone, without the files beside it)."""
-    body = markdown.markdown(text, extensions=["tables"])
-
-    def inline(match: re.Match[str]) -> str:
-        data = base64.b64encode((folder / match.group(1)).read_bytes()).decode()
-        return f'src="data:image/png;base64,{data}"'
-
-    body = re.sub(r'src="([\w.-]+\.png)"', inline, body)
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Study report: "
-            f"{title}</title><style>{PAGE_STYLE}</style></head><body>{body}</body></html>\n")
-
-
 PLOTS: dict[str, Callable[[StudyReport, Path], bool]] = {
     IMPORTANCES: plot_importances, BY_CHOICE: plot_by_choice, CURVES: plot_curves,
     DIAGNOSES: plot_diagnoses, RECALL: plot_recall,
@@ -305,6 +282,6 @@ def write(report: StudyReport, folder: Path) -> Path:
              + _sections(report, written) + _diagnosis_sections(report, written))
     text = "\n".join(lines).rstrip() + "\n"
     (folder / REPORT_MD).write_text(text)
-    (folder / REPORT_HTML).write_text(as_html(text, folder, report.study_name))
+    (folder / REPORT_HTML).write_text(page.as_html(text, folder, report.study_name))
     log.info("study report written to %s", folder)
     return folder

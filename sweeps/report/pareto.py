@@ -113,11 +113,11 @@ def front_of(study: optuna.Study, fallback_names: list[str]) -> ParetoFront | No
 def plot(pareto: ParetoFront, path: Path) -> bool:
     """The first two objectives of every complete trial: the front joined in order, dominated
     trials grey, the knee starred, each front trial labelled with its number."""
-    import matplotlib
-    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
     ax = fig.subplots()
     if pareto.dominated:
         ax.scatter([t.values[1] for t in pareto.dominated],
