@@ -140,9 +140,18 @@ def compare(name: str, seeds: int, budget: int, pool: ProcessPoolExecutor) -> No
                 f"{_scores(was)[0]:.4f} ({_scores(was)[1]:.4f})")
         for variant, rows in variants.items():
             if index in rows:
-                best, last = _scores(rows[index])
-                line += f" | {variant} {best:.4f} ({last:.4f}) {best - _scores(was)[0]:+.4f}"
+                top, end = _scores(rows[index])
+                line += f" | {variant} {top:.4f} ({end:.4f}) {top - _scores(was)[0]:+.4f}"
         print(line)
+    probe = int(compose_config(["freeze=lp_ft", "logger=none"]).freeze.probe_epochs)
+    for variant, rows in variants.items():
+        f1 = [[e.get("val/f1_macro", 0.0) for e in row["epochs"]] for row in rows.values()]
+        in_probe = sum(int(np.argmax(curve)) < probe for curve in f1)
+        drops = [curve[probe - 1] - curve[probe] for curve in f1 if len(curve) > probe]
+        print(f"  {variant}: best epoch within the linear probe (epochs 0-{probe - 1}) in "
+              f"{in_probe} of {len(f1)} rows; val F1 from the probe's last epoch to the first "
+              f"fine-tuning epoch: median {-statistics.median(drops):+.4f}, "
+              f"{sum(d > 0 for d in drops)} of {len(drops)} rows drop")
     simulated(name, original, variants["lp_ft"], seeds, budget, pool)
 
 
