@@ -84,6 +84,38 @@ def tau(scores: dict[str, float], values: dict[str, float]) -> float:
     return float(kendalltau([scores[b] for b in BACKBONES], [values[b] for b in BACKBONES])[0])
 
 
+def measure(name: str, cache: str, portfolio: dict[Any, Any], args: argparse.Namespace,
+            metric: str, out: Tee) -> tuple[float, float]:
+    """Rank, fine-tune and print one dataset; Kendall's tau against the best objective and
+    against the best val/acc."""
+    dataset = DATASETS[name]
+    scores, rank_seconds = ranking(dataset, cache)
+    runs = {(b, r): fine_tune(dataset, b, portfolio[r], args.epochs, cache)
+            for b in BACKBONES for r in args.recipes}
+    best = {b: max(runs[b, r]["objective"] for r in args.recipes) for b in BACKBONES}
+    best_acc = {b: max(runs[b, r]["acc"] for r in args.recipes) for b in BACKBONES}
+    out()
+    out(f"{name}: ranking {rank_seconds:.1f} s for {len(BACKBONES)} backbones "
+        f"(features computed)")
+    head = f"  {'backbone':<22} {'LogME':>7}"
+    for r in args.recipes:
+        head += f" {r[:17]:>17} {'s':>5}"
+    out(head + f" {'best ' + metric.split('/')[-1]:>14} {'best val/acc':>12}")
+    for b in BACKBONES:
+        line = f"  {b:<22} {scores[b]:7.4f}"
+        for r in args.recipes:
+            line += f" {runs[b, r]['objective']:17.4f} {runs[b, r]['seconds']:5.0f}"
+        out(line + f" {best[b]:14.4f} {best_acc[b]:12.4f}")
+    kt, kt_acc = tau(scores, best), tau(scores, best_acc)
+    out(f"  Kendall tau (LogME vs best {metric}) = {kt:+.3f}; vs best val/acc "
+        f"{kt_acc:+.3f}  (3 backbones: tau in {{-1, -1/3, +1/3, +1}})")
+    for r in args.recipes:
+        tuned = sum(runs[b, r]["seconds"] for b in BACKBONES)
+        out(f"  fine-tuning each backbone once with {r} ({args.epochs} epochs): "
+            f"{tuned:.0f} s = {tuned / rank_seconds:.2f}x the ranking")
+    return kt, kt_acc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
@@ -104,37 +136,11 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start, "
         f"{os.environ['OMP_NUM_THREADS']} torch thread(s); recipes {', '.join(args.recipes)} "
         f"x {args.epochs} epochs; objective {metric} (best epoch)")
-    summary = []
     with tempfile.TemporaryDirectory(prefix="plateau-rank-") as cache:
-        for name in args.datasets:
-            dataset = DATASETS[name]
-            scores, rank_seconds = ranking(dataset, cache)
-            runs = {(b, r): fine_tune(dataset, b, portfolio[r], args.epochs, cache)
-                    for b in BACKBONES for r in args.recipes}
-            best = {b: max(runs[b, r]["objective"] for r in args.recipes) for b in BACKBONES}
-            best_acc = {b: max(runs[b, r]["acc"] for r in args.recipes) for b in BACKBONES}
-            out()
-            out(f"{name}: ranking {rank_seconds:.1f} s for {len(BACKBONES)} backbones "
-                f"(features computed)")
-            head = f"  {'backbone':<22} {'LogME':>7}"
-            for r in args.recipes:
-                head += f" {r[:17]:>17} {'s':>5}"
-            out(head + f" {'best ' + metric.split('/')[-1]:>14} {'best val/acc':>12}")
-            for b in BACKBONES:
-                line = f"  {b:<22} {scores[b]:7.4f}"
-                for r in args.recipes:
-                    line += f" {runs[b, r]['objective']:17.4f} {runs[b, r]['seconds']:5.0f}"
-                out(line + f" {best[b]:14.4f} {best_acc[b]:12.4f}")
-            kt, kt_acc = tau(scores, best), tau(scores, best_acc)
-            out(f"  Kendall tau (LogME vs best {metric}) = {kt:+.3f}; vs best val/acc "
-                f"{kt_acc:+.3f}  (3 backbones: tau in {{-1, -1/3, +1/3, +1}})")
-            for r in args.recipes:
-                tuned = sum(runs[b, r]["seconds"] for b in BACKBONES)
-                out(f"  fine-tuning each backbone once with {r} ({args.epochs} epochs): "
-                    f"{tuned:.0f} s = {tuned / rank_seconds:.2f}x the ranking")
-            summary.append((name, kt, kt_acc))
+        summary = [measure(name, cache, portfolio, args, metric, out) for name in args.datasets]
     out()
-    out("summary: " + "; ".join(f"{n} tau {kt:+.3f} (acc {ka:+.3f})" for n, kt, ka in summary))
+    out("summary: " + "; ".join(f"{n} tau {kt:+.3f} (acc {ka:+.3f})"
+                                for n, (kt, ka) in zip(args.datasets, summary, strict=True)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(out.lines) + "\n")
 
