@@ -15,7 +15,7 @@ and the ranking's seconds against one fine-tuning run of each backbone. The line
 (``freeze=head_only augment=none``) reads the features the ranking cached: its seconds are
 a cached trial's, not an uncached one's.
 
-    python benchmarks/transferability.py                   # ~35 min on a busy 2-core machine
+    python benchmarks/transferability.py                   # 53 min on 2 cores at load 5-9
     python benchmarks/transferability.py --epochs 1 --recipes linear_probe --datasets digits
 """
 
