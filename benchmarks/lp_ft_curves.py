@@ -21,7 +21,8 @@ arms a drawn config trains as the nearest recorded draw *of its own freeze strat
 another strategy's curve).
 
     python benchmarks/lp_ft_curves.py --record lp_ft --datasets digits_imbalanced digits
-    python benchmarks/lp_ft_curves.py --record lp_ft_train_bn --rows 0 6 7
+    python benchmarks/lp_ft_curves.py --record lp_ft_train_bn --datasets digits_imbalanced \
+        --rows 0 6 7
     python benchmarks/lp_ft_curves.py                      # the comparison, from the tables
 """
 
