@@ -182,6 +182,9 @@ class PlateauSweeperConf:
     heartbeat_timeout_s: float = 600.0
     # trials sharing one GPU when several run in parallel on a machine (sweeps.devices)
     trials_per_gpu: int = 1
+    # keep only the k backbones of the space's backbone choice that LogME ranks best on
+    # frozen features, before the study is created (sweeps.sweeper.top_backbones); null: off
+    backbone_top_k: Optional[int] = None
 
 
 _STORE = ConfigStore.instance()

@@ -54,6 +54,8 @@ class SweepSettings:
     default_portfolio: dict[str, Any] = field(default_factory=dict)
     #: how long this sweep launches trials, as given (see :func:`parse_duration`)
     timeout: Any = None
+    #: keep the k backbones LogME ranks best (:mod:`sweeps.sweeper.top_backbones`); None: off
+    backbone_top_k: int | None = None
 
     @property
     def timeout_s(self) -> float | None:
@@ -76,6 +78,7 @@ class SweepSettings:
             "n_trials": str(self.n_trials), "timeout": str(self.timeout),
             "base_trial": str(self.base_trial).lower(),
             "portfolio": ", ".join(self.portfolio) or "none",
+            "backbone_top_k": str(self.backbone_top_k),
         }
         return params
 
@@ -128,6 +131,10 @@ class SweepSettings:
             raise PlateauError(f"hydra.sweeper.monitor={self.monitor} is not a metric trials "
                                f"report each epoch; use one of {', '.join(METRICS)}")
         parse_duration(self.timeout)
+        if self.backbone_top_k is not None and self.backbone_top_k < 1:
+            raise PlateauError(f"hydra.sweeper.backbone_top_k={self.backbone_top_k} would keep "
+                               "no backbone; set it to 1 or more, or null to search every "
+                               "backbone of the space")
         if self.direction not in DIRECTIONS:
             raise PlateauError(f"hydra.sweeper.direction={self.direction}: plateau optimizes one "
                                "objective; set it to maximize or minimize")
