@@ -23,7 +23,8 @@ from conftest import ROOT, TINY, Exited, compose_config
 from lightning_modules.offline_weights import OFFLINE_WEIGHTS
 from lightning_modules.stages import backbone_stages
 from sweeps.job.ranking import PROBE, rank_backbones
-from sweeps.sweeper.first_trials import base_params, check_portfolio
+from sweeps.sweeper.asking import suggest_overrides
+from sweeps.sweeper.first_trials import base_params, check_portfolio, enqueue
 from sweeps.sweeper.search_space import parse_search_space
 
 LITES = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
@@ -62,6 +63,18 @@ def test_the_base_trial_and_the_portfolio_keep_the_base_configs_backbone(base: s
         cfg.hydra.sweeper.default_space.portfolio))
     assert len(portfolio) == 4
     assert {entry["backbone"] for entry in portfolio.values()} == {base}
+
+
+def test_the_base_trial_records_no_sampled_value_for_a_base_value_outside_the_space() -> None:
+    """Its params are what it ran (MLflow logs them too): a backbone that backbone_top_k
+    dropped, or a learning rate outside the space, is not replaced by a draw."""
+    cfg, space = default_space(["optimizer.lr=0.5"])
+    study = optuna.create_study(direction="maximize")
+    enqueue(study, cfg, space, True, {}, 1)
+    trial = study.ask()
+    assert suggest_overrides(trial, space, cfg) == []  # the config as given
+    assert "optimizer.lr" not in trial.params  # it ran 0.5, outside the space
+    assert trial.params["backbone"] == "tf_efficientnet_lite0"
 
 
 def sweep(*args: str, cwd: Path) -> str:
