@@ -31,6 +31,7 @@ before its last epoch. The PNG draws best-so-far against trial-epochs (median, q
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import os
@@ -47,7 +48,14 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning_curves import ROOT, TABLES, compose_config, default_space, recorded  # noqa: E402
+from learning_curves import (  # noqa: E402
+    DATASETS,
+    ROOT,
+    TABLES,
+    compose_config,
+    default_space,
+    recorded,
+)
 from strategy_results import PLOTTED, WITHIN, Trace, plot, print_table, summarize, verdict  # noqa: E402
 
 from hydra_plugins.plateau_sweeper import plateau_sweeper as plugin  # noqa: E402
@@ -213,13 +221,28 @@ def main() -> None:
                                 for p in _pruners(8) for f in ("off", "base", "portfolio")]
     args.plots.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(args.jobs) as pool:
-        for path in sorted(args.tables.glob("*.jsonl")):
+        tables = [args.tables / f"{name}.jsonl" for name in DATASETS]  # not planted.jsonl
+        for path in [table for table in tables if table.exists()]:
             replay(path, space, names, args, pool)
+
+
+def recorded_space(space: SearchSpace, table: list[Config], name: str) -> SearchSpace:
+    """The space as the table was recorded: a searched param that no row holds (``backbone``,
+    searched since) ran at the base config's value in every row, so it is not searched."""
+    seen = {param for config in table for param in config.params}
+    missing = [param for param in space.names() if param not in seen]
+    if missing:
+        print(f"  {name}: {', '.join(missing)} not in the table (recorded before it was "
+              "searched): replayed at the base config's value", file=sys.stderr)
+    return dataclasses.replace(
+        space, distributions={k: d for k, d in space.distributions.items() if k in seen},
+        conditional={k: c for k, c in space.conditional.items() if k in seen})
 
 
 def replay(path: Path, space: SearchSpace, names: list[str], args: argparse.Namespace,
            pool: ProcessPoolExecutor) -> None:
     table = load(path)
+    space = recorded_space(space, table, path.stem)
     table_best = max(c.best for c in table)
     rows, curves = [], {}
     for name in names:

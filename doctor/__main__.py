@@ -63,10 +63,7 @@ def _candidates(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def rank(overrides: list[str]) -> int:
-    from rich.table import Table
-
-    from errors import console
-    from sweeps.job.ranking import PROBE, rank_backbones  # heavy imports after parsing
+    from sweeps.job.ranking import PROBE, print_ranking, rank_backbones  # heavy imports
 
     names, rest = _candidates(overrides)
 
@@ -74,17 +71,7 @@ def rank(overrides: list[str]) -> int:
         cfg = compose_config([*rest, f"backbone={name}", *PROBE])
         return OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
 
-    ranked = rank_backbones(names, job)
-    table = Table(title="backbones by LogME on frozen features (higher transfers better)")
-    for column in ("rank", "backbone", "LogME", "images x width", "seconds", "features"):
-        table.add_column(column, justify="right" if column != "backbone" else "left")
-    for place, c in enumerate(ranked, 1):
-        table.add_row(str(place), c.backbone, f"{c.score:.4f}", f"{c.images} x {c.width}",
-                      f"{c.seconds:.1f}", "cached" if c.cached else "computed")
-    console.print(table)
-    console.print(f"ranked {len(ranked)} backbones in {sum(c.seconds for c in ranked):.1f} s "
-                  "without training; linear-probe trials (freeze=head_only augment=none) reuse "
-                  "their cached features")
+    print_ranking(rank_backbones(names, job))
     return 0
 
 

@@ -188,6 +188,9 @@ class PlateauSweeperConf:
     # best mean (sweeps.sweeper.reruns). 0: off; set both.
     rerun_top_k: int = 0
     rerun_seeds: int = 0
+    # keep only the k backbones of the space's backbone choice that LogME ranks best on
+    # frozen features, before the study is created (sweeps.sweeper.top_backbones); null: off
+    backbone_top_k: Optional[int] = None
 
 
 _STORE = ConfigStore.instance()

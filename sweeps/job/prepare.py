@@ -3,6 +3,7 @@ curve recorder and trainer."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,8 +103,17 @@ def prepare_trial(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
         # trainable parameters change during a fit (gradual unfreezing): the metric
         # model/trainable_params follows them per epoch
         logger.log_hyperparams({"model.total_params": model.parameter_counts()[1],
-                                "data.num_classes": datamodule.num_classes})
+                                "data.num_classes": datamodule.num_classes,
+                                **_preprocessing_params(datamodule.data_config)})
     return PreparedTrial(model, datamodule, trainer, logger, curves)
+
+
+def _preprocessing_params(data_config: dict[str, Any]) -> dict[str, str]:
+    """What the network is fed, as resolved from the backbone (``data.mean: null`` in the
+    config means the backbone's own): input side in pixels, normalization mean and std."""
+    return {"input.size": str(data_config["input_size"][-1]),
+            "input.mean": json.dumps([float(v) for v in data_config["mean"]]),
+            "input.std": json.dumps([float(v) for v in data_config["std"]])}
 
 
 def _job_root_dir(trainer_cfg: DictConfig) -> dict[str, str]:

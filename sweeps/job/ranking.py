@@ -19,6 +19,7 @@ from data_modules.cache_dir import cache_root
 from data_modules.datamodules import FeatureDataset
 from data_modules.feature_cache import FeatureCache, attach_features
 from doctor.transferability import logme
+from errors import console
 from sweeps.job.build import build_parts, first_device
 from sweeps.schema.checks import check_config
 
@@ -61,3 +62,25 @@ def rank_backbones(names: list[str],
     """Every backbone of ``names`` scored, best first; ``compose(name)`` gives its config."""
     found = [score_backbone(compose(name)) for name in names]
     return sorted(found, key=lambda candidate: candidate.score, reverse=True)
+
+
+def print_ranking(ranked: list[Candidate], read_from: str | None = None) -> None:
+    """The ranking, best first, and what it cost; ``read_from`` names where a ranking made
+    earlier was read (its seconds are those it took then)."""
+    from rich.table import Table
+
+    table = Table(title="backbones by LogME on frozen features (higher transfers better)")
+    for column in ("rank", "backbone", "LogME", "images x width", "seconds", "features"):
+        table.add_column(column, justify="right" if column != "backbone" else "left")
+    for place, c in enumerate(ranked, 1):
+        table.add_row(str(place), c.backbone, f"{c.score:.4f}", f"{c.images} x {c.width}",
+                      f"{c.seconds:.1f}", "cached" if c.cached else "computed")
+    console.print(table)
+    seconds = sum(c.seconds for c in ranked)
+    if read_from is not None:
+        console.print(f"ranking read from {read_from}, not ranked again (it took {seconds:.1f} s "
+                      "when it was made)")
+        return
+    console.print(f"ranked {len(ranked)} backbones in {seconds:.1f} s without training; "
+                  "linear-probe trials (freeze=head_only augment=none) reuse their cached "
+                  "features")

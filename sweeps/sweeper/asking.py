@@ -166,14 +166,21 @@ def suggest_overrides(trial: Trial, space: SearchSpace, config: DictConfig | Non
 
     The base trial (:mod:`sweeps.sweeper.first_trials`) records the base config's values
     as its params but gets only the command line's plain overrides: it runs the config
-    exactly as ``python sweep.py <same overrides>`` would.
+    exactly as ``python sweep.py <same overrides>`` would. A searched param whose base value
+    lies outside the space (a backbone ``backbone_top_k`` dropped) is not sampled for it:
+    its params say what it ran.
     """
+    base = trial.user_attrs.get(ledger.ATTR_ROLE) == BASE
+    queued = ledger.queued_params(ledger.frozen_trial(trial.study, ledger.trial_id(trial))) \
+        if base else None
     for name, distribution in space.distributions.items():
-        ledger.suggest(trial, name, distribution)
-    for name, (parent, expected, distribution) in space.conditional.items():
-        if override_value(trial.params.get(parent)) == expected:
+        if queued is None or name in queued:
             ledger.suggest(trial, name, distribution)
-    if trial.user_attrs.get(ledger.ATTR_ROLE) == BASE:
+    for name, (parent, expected, distribution) in space.conditional.items():
+        if override_value(trial.params.get(parent)) == expected and (
+                queued is None or name in queued):
+            ledger.suggest(trial, name, distribution)
+    if base:
         return list(space.command_line)
     if custom is not None:
         assert config is not None

@@ -28,13 +28,14 @@ from sweeps.report.diagnoses import final_labels, thresholds_of
 from sweeps.report.study_run import StudyRun
 from sweeps.schema.checks import check_config
 from sweeps.storage import hide_storage_password, mask_password, resolve_storage_url, sharing
-from sweeps.sweeper import closing, first_trials, settings
+from sweeps.sweeper import closing, first_trials, settings, top_backbones
 from sweeps.sweeper.asking import Asker, Deadline, FailureRate
 from sweeps.sweeper.progress import Progress
 from sweeps.sweeper.reruns import Reruns
 from sweeps.sweeper.search_space import parse_search_space
 from sweeps.sweeper.slots import Slots
 from sweeps.sweeper.study import create_study, label_for_viewers, recover_stale
+from sweeps.sweeper.top_backbones import TopBackbones, candidate_config
 
 
 class StudySweeper:
@@ -77,7 +78,13 @@ class StudySweeper:
                                                  s.default_portfolio)
         settings.preflight_base_config(self.config)
         url = resolve_storage_url(s.storage)
+        top = TopBackbones(s.backbone_top_k)
+        if top.narrow(space, url, s.study_name, candidate_config(
+                self.hydra_context.config_loader, self.config, space)):
+            portfolio = first_trials.check_portfolio(s.portfolio, space, self.config,
+                                                     s.default_portfolio)
         study, created = create_study(s, space, url)
+        top.settle(study, space, created)
         resumed = bool(study.trials) or not created  # before the first trials are queued
         if created:  # once per study: not on resume, not by a second worker
             first_trials.enqueue(study, self.config, space, s.base_trial, portfolio,
@@ -89,7 +96,8 @@ class StudySweeper:
         if resumed:  # or another worker's study: do not replay the same seeded draws
             study.sampler.reseed_rng()
         run = StudyRun.open(self.config, study, url, s.sampler, s.pruner, created,
-                            s.mlflow_params(space, self.objectives))
+                            s.mlflow_params(space, self.objectives)
+                            | top_backbones.mlflow_params(study))
         console.print(f"study '{s.study_name}' in {mask_password(url)}: budget "
                       f"{s.n_trials} finished trials, "
                       f"{sum(map(ledger.spends_budget, study.trials))} done"

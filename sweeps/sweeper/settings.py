@@ -61,6 +61,8 @@ class SweepSettings:
     #: (:mod:`sweeps.sweeper.reruns`); 0: off
     rerun_top_k: int = 0
     rerun_seeds: int = 0
+    #: keep the k backbones LogME ranks best (:mod:`sweeps.sweeper.top_backbones`); None: off
+    backbone_top_k: int | None = None
 
     @property
     def timeout_s(self) -> float | None:
@@ -84,6 +86,7 @@ class SweepSettings:
             "n_trials": str(self.n_trials), "timeout": str(self.timeout),
             "base_trial": str(self.base_trial).lower(),
             "portfolio": ", ".join(self.portfolio) or "none",
+            "backbone_top_k": str(self.backbone_top_k),
         }
         return params
 
@@ -146,6 +149,10 @@ class SweepSettings:
                                f"report each epoch; use one of {', '.join(METRICS)}")
         parse_duration(self.timeout)
         self.check_reruns()
+        if self.backbone_top_k is not None and self.backbone_top_k < 1:
+            raise PlateauError(f"hydra.sweeper.backbone_top_k={self.backbone_top_k} would keep "
+                               "no backbone; set it to 1 or more, or null to search every "
+                               "backbone of the space")
         for direction in self.directions:
             if direction not in DIRECTIONS:
                 raise PlateauError(f"hydra.sweeper.direction={direction} must be maximize or "

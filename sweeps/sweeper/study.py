@@ -22,7 +22,7 @@ from sweeps import ending, ledger, liveness
 from sweeps.metrics import is_negated
 from sweeps.objectives import Objectives
 from sweeps.report.study_run import StudyRun
-from sweeps.storage import mask_password, open_storage
+from sweeps.storage import mask_password, open_storage, storage_file
 from sweeps.sweeper.search_space import SearchSpace, grid_choices
 from sweeps.sweeper.settings import SweepSettings
 
@@ -86,6 +86,19 @@ def _storage_errors(url: str) -> Iterator[None]:
 def _open_storage(url: str) -> BaseStorage:
     with _storage_errors(url):
         return open_storage(url)
+
+
+def study_exists(url: str, study_name: str) -> bool:
+    """Whether the storage at ``url`` holds ``study_name``; a storage file that is not there
+    yet is not created (a sweep that stops before its study leaves nothing behind)."""
+    path = storage_file(url)
+    if path is not None and not path.exists():
+        return False
+    try:
+        _open_storage(url).get_study_id_from_name(study_name)
+    except KeyError:
+        return False
+    return True
 
 
 def label_for_viewers(study: optuna.Study, objectives: Objectives, monitor: str) -> None:
