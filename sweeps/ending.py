@@ -65,15 +65,25 @@ def taking_trial(study: optuna.Study) -> Iterator[None]:
 @contextlib.contextmanager
 def _exclusive(study: optuna.Study, trial_id: int) -> Iterator[None]:
     """No other plateau process ends trial ``trial_id`` of ``study`` inside this block."""
+    with _one_process(study, 7368, trial_id):
+        yield
+
+
+@contextlib.contextmanager
+def _one_process(study: optuna.Study, space: int, key: int) -> Iterator[None]:
+    """One plateau process at a time in blocks of the same ``(space, key)``: a file
+    storage's ``flock`` (whatever the key), PostgreSQL's advisory lock, or, on another
+    server, nothing more than Optuna's ``SELECT ... FOR UPDATE`` (the second writer of a
+    trial gets UpdateFinishedTrialError)."""
     if ledger.storage_file(study) is not None:
         with _file_lock(study):
             yield
         return
     engine = ledger.storage_engine(study)
     if engine is None or engine.dialect.name != "postgresql":
-        yield  # Optuna's SELECT ... FOR UPDATE: the second writer gets UpdateFinishedTrialError
+        yield
         return
-    with _advisory_lock(engine, 7368, trial_id):
+    with _advisory_lock(engine, space, key):
         yield
 
 
@@ -98,15 +108,7 @@ def planning(study: optuna.Study) -> Iterator[None]:
     the top-k reruns, :mod:`sweeps.sweeper.reruns`): one plateau process at a time. On a
     file, its ``flock`` (the one :func:`taking_trial` takes: do not nest them); on
     PostgreSQL, an advisory lock on the study's id."""
-    if ledger.storage_file(study) is not None:
-        with _file_lock(study):
-            yield
-        return
-    engine = ledger.storage_engine(study)
-    if engine is None or engine.dialect.name != "postgresql":
-        yield
-        return
-    with _advisory_lock(engine, 7369, ledger.study_id(study)):
+    with _one_process(study, 7369, ledger.study_id(study)):
         yield
 
 

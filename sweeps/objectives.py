@@ -27,6 +27,8 @@ from typing import Any
 
 import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -182,6 +184,81 @@ class FirstObjective:
     @property
     def best_value(self) -> float:
         return float(self.best_trial.values[0])
+
+
+def _without_curve(trial: FrozenTrial) -> FrozenTrial:
+    if trial.state != TrialState.PRUNED or not trial.intermediate_values:
+        return trial
+    hidden = copy.copy(trial)
+    hidden.intermediate_values = {}
+    return hidden
+
+
+class _PrunedCurvesHidden:
+    """A multi-objective study as its sampler reads it: pruned trials without their epoch
+    values (see :class:`MultiObjectiveSampler`)."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        return [_without_curve(t) for t in trials]
+
+    def get_trials(self, deepcopy: bool = True,
+                   states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return [_without_curve(t) for t in self._study.get_trials(deepcopy=deepcopy,
+                                                                   states=states)]
+
+
+class MultiObjectiveSampler(BaseSampler):
+    """The sweep's sampler in a multi-objective study.
+
+    plateau reports every trial's first objective each epoch so that the pruner can judge
+    it; Optuna's own multi-objective studies never hold such values (``Trial.report``
+    refuses them), and TPE reads a pruned trial's last one by the study's single
+    ``direction``, which a multi-objective study does not have: the next draw would raise.
+    This sampler shows the wrapped one the study with its pruned trials' epoch values
+    hidden (TPE then ranks them below the complete ones, as for any pruned trial without
+    reports); everything else is the wrapped sampler's.
+    """
+
+    def __init__(self, sampler: BaseSampler) -> None:
+        self.sampler = sampler
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sampler, name)
+
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.sampler.infer_relative_search_space(_hidden(study), trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self.sampler.sample_relative(_hidden(study), trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.sampler.sample_independent(_hidden(study), trial, param_name,
+                                               param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.sampler.before_trial(_hidden(study), trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.sampler.after_trial(_hidden(study), trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
+
+
+def _hidden(study: optuna.Study) -> optuna.Study:
+    return _PrunedCurvesHidden(study)  # type: ignore[return-value]  # duck-typed view
 
 
 def first_objective(study: optuna.Study) -> optuna.Study:

@@ -20,7 +20,12 @@ from test_sweep import TINY, mlflow_runs, run_sweep, search_config, study_trials
 
 from errors import PlateauError
 from sweeps import ledger
-from sweeps.objectives import FirstObjective, Objectives, first_objective
+from sweeps.objectives import (
+    FirstObjective,
+    MultiObjectiveSampler,
+    Objectives,
+    first_objective,
+)
 from sweeps.report.pareto import knee_of
 
 F1_LATENCY = ["objective.metric=[val/f1_macro,model/latency_ms]",
@@ -93,6 +98,31 @@ def test_the_pruner_judges_the_first_objective_of_a_multi_objective_study() -> N
     leading.report(0.1, 0)
     assert not leading.should_prune()
     assert judged.best_trial.values == [0.2]  # the first objective's best, as a single value
+
+
+def test_tpe_draws_after_pruned_trials_of_a_multi_objective_study() -> None:
+    """A pruned trial holds the epoch values the pruner judged; Optuna's TPE reads them by a
+    single direction a two-objective study lacks. The sweep's sampler hides them."""
+    def study_with_a_pruned_trial(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        for i in range(3):
+            trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+            if i == 0:
+                ledger.live_trial(first_objective(study), ledger.trial_id(trial)).report(0.4, 0)
+                ledger.tell_pruned(study, ledger.trial_id(trial), [0.4, 9.0])
+            else:
+                study.tell(trial, [0.5 + i / 10, 5.0 - i])
+        return study
+
+    def draw(study: optuna.Study) -> float:
+        return study.ask().suggest_float("x", 0, 1)
+
+    with pytest.raises(RuntimeError, match="multi-objective"):
+        draw(study_with_a_pruned_trial(optuna.samplers.TPESampler(n_startup_trials=1, seed=0)))
+    wrapped = MultiObjectiveSampler(optuna.samplers.TPESampler(n_startup_trials=1, seed=0))
+    study = study_with_a_pruned_trial(wrapped)
+    assert 0 <= draw(study) <= 1
+    assert study.trials[0].intermediate_values == {0: 0.4}  # the study keeps them
 
 
 # -- sweeps end to end ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from errors import PlateauError, one_line
 from sweeps import ending, ledger, liveness
 from sweeps.metrics import is_negated
-from sweeps.objectives import Objectives
+from sweeps.objectives import MultiObjectiveSampler, Objectives
 from sweeps.report.study_run import StudyRun
 from sweeps.storage import mask_password, open_storage, storage_file
 from sweeps.sweeper.search_space import SearchSpace, grid_choices
@@ -49,6 +49,8 @@ def create_study(settings: SweepSettings, space: SearchSpace,
             settings.n_trials = size
     storage = _open_storage(url)
     directions = [StudyDirection[d.upper()] for d in settings.directions]
+    if len(directions) > 1 and not isinstance(sampler, optuna.samplers.GridSampler):
+        sampler = MultiObjectiveSampler(sampler)
     options = dict(study_name=settings.study_name, storage=storage, sampler=sampler,
                    pruner=settings.pruner)
     try:
