@@ -62,8 +62,8 @@ def test_option_composes_and_instantiates(group: str, option: str, image_root: P
         overrides.append(f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
     if group == "data" and option == "image_folder":
         overrides.append(f"data.root={image_root}")
-    if group == "backbone" and option != "tf_efficientnet_lite0":
-        overrides.append("backbone.pretrained=false")  # only Lite0's weights ship offline
+    if group == "backbone" and not option.startswith("tf_efficientnet_lite"):
+        overrides.append("backbone.pretrained=false")  # only the Lites' weights ship offline
     cfg = compose_config(overrides, keep_hydra=group == "search")
     if group == "search":
         sweeper = cfg.hydra.sweeper
