@@ -132,6 +132,9 @@ def plot(pareto: ParetoFront, path: Path) -> bool:
                     textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.scatter([pareto.knee.values[1]], [pareto.knee.values[0]], marker="*", s=260,
                color="tab:red", zorder=3, label=f"knee: trial {pareto.knee.number}")
+    xs = [t.values[1] for t in [*pareto.front, *pareto.dominated]]
+    if min(xs) > 0 and max(xs) / min(xs) > 20:  # e.g. a latency taken under load
+        ax.set_xscale("log")
     ax.set_xlabel(f"{pareto.names[1]} ({pareto.directions[1].name.lower()})")
     ax.set_ylabel(f"{pareto.names[0]} ({pareto.directions[0].name.lower()})")
     ax.set_title("complete trials: the Pareto front and its knee")
