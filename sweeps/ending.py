@@ -20,14 +20,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 
-from sweeps import ledger
+from sweeps import ledger, liveness
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,14 @@ def taking_trial(study: optuna.Study) -> Iterator[None]:
     journal file replays its log under its own lock.)"""
     with _file_lock(study):
         yield
+
+
+def owned(trial: Trial) -> Trial:
+    """Mark a trial just asked (inside :func:`taking_trial`) as this process's, with a first
+    heartbeat: a worker starting now must not take it for a dead sweep's trial."""
+    trial.set_user_attr(ledger.ATTR_OWNER, liveness.owner_id())
+    trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
+    return trial
 
 
 @contextlib.contextmanager
