@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from hydra.core.config_loader import ConfigLoader
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna.distributions import CategoricalDistribution
 
 from errors import console
+from sweeps.schema import without_hydra
 from sweeps.sweeper.asking import override_value
 from sweeps.sweeper.search_space import SearchSpace
 from sweeps.sweeper.study import study_exists
@@ -138,7 +139,7 @@ def candidate_config(loader: ConfigLoader, config: DictConfig,
         fixed = [f"{key}={override_value(value)}" for key, value in space.fixed.items()]
         job = loader.load_sweep_config(config, [*space.command_line, *fixed,
                                                 f"{PARAM}={name}", *PROBE])
-        return OmegaConf.masked_copy(job, [str(key) for key in job if key != "hydra"])
+        return without_hydra(job)
 
     return compose
 
