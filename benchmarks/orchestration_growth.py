@@ -58,14 +58,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from learning_curves import compose_config, default_space  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from orchestration_steps import TimedSampler, job_trial, mlflow_run  # noqa: E402
 from synthetic_study import SyntheticTrials  # noqa: E402
 from throwaway_postgres import throwaway_postgres  # noqa: E402
 
 from errors import console  # noqa: E402
-from sweeps.schema import without_hydra  # noqa: E402
 from sweeps.storage import job_storage_url, load_study  # noqa: E402
 from sweeps.sweeper.asking import Asker, FailureRate  # noqa: E402
 from sweeps.sweeper.coordinator import StudySweeper  # noqa: E402
@@ -89,7 +88,7 @@ def sweep_config(storage: str, tracking_uri: str, study_name: str) -> DictConfig
 
 def job_config(cfg: DictConfig) -> DictConfig:
     """A job's config: the sweep's without its ``hydra`` node."""
-    return without_hydra(cfg)
+    return OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
 
 
 def open_study(cfg: DictConfig) -> tuple[optuna.Study, SearchSpace, Asker, TimedSampler]:

@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_curves import DATASETS, ROOT, compose_config, record_one  # noqa: E402
 
 from sweeps.job.ranking import PROBE, rank_backbones  # noqa: E402
-from sweeps.schema import without_hydra  # noqa: E402
 
 BACKBONES = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
 RESULTS = ROOT / "benchmarks" / "results" / "transferability.txt"
@@ -61,7 +60,7 @@ def ranking(dataset: list[str], cache: str) -> tuple[dict[str, float], float]:
     def compose(name: str) -> DictConfig:
         cfg = compose_config([*dataset, f"backbone={name}", *PROBE, "logger=none",
                               f"cache_dir={cache}"])
-        return without_hydra(cfg)
+        return OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
 
     started = time.perf_counter()
     ranked = rank_backbones(BACKBONES, compose)

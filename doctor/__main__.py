@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from errors import PlateauError, one_line, report_user_error
@@ -64,13 +64,12 @@ def _candidates(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 def rank(overrides: list[str]) -> int:
     from sweeps.job.ranking import PROBE, print_ranking, rank_backbones  # heavy imports
-    from sweeps.schema import without_hydra
 
     names, rest = _candidates(overrides)
 
     def job(name: str) -> DictConfig:
         cfg = compose_config([*rest, f"backbone={name}", *PROBE])
-        return without_hydra(cfg)
+        return OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
 
     print_ranking(rank_backbones(names, job))
     return 0

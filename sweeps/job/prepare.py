@@ -26,7 +26,6 @@ from sweeps import tracking
 from sweeps.job import logger as trial_logger
 from sweeps.job.build import TrialParts, build, build_parts, first_device, resolve_precision
 from sweeps.objectives import Objectives
-from sweeps.schema import without_hydra
 from sweeps.schema.checks import check_config, doctor_settings
 from sweeps.verbosity import is_quiet
 
@@ -66,7 +65,7 @@ def preflight(cfg: DictConfig, parts: TrialParts) -> PreflightReport:
 
 def preflight_config(cfg: DictConfig) -> PreflightReport:
     """Build the trial ``cfg`` describes (a ``hydra`` node is ignored) and run the preflight."""
-    job = without_hydra(cfg)
+    job = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
     with open_dict(job):
         job["trial"] = None
     check_config(job)  # python -m doctor preflight reads the same values as a trial

@@ -17,8 +17,8 @@ target itself judges; the keys plateau ships are the ones checked here.
 
 from __future__ import annotations
 
-from sweeps.schema.job import SCHEMAS, ObjectiveConf, register_job_schemas, without_hydra
+from sweeps.schema.job import SCHEMAS, ObjectiveConf, register_job_schemas
 
 # check_config/check_space live in sweeps.schema.checks, imported by their users: Hydra
 # imports this package with the sweeper plugin at every start, --help included.
-__all__ = ["SCHEMAS", "ObjectiveConf", "register_job_schemas", "without_hydra"]
+__all__ = ["SCHEMAS", "ObjectiveConf", "register_job_schemas"]

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
 
 from doctor.settings import DoctorConf
 
@@ -45,9 +44,3 @@ def register_job_schemas() -> None:
     store = ConfigStore.instance()
     for name, (package, node) in SCHEMAS.items():
         store.store(name=name, node=node, package=package, provider="plateau")
-
-
-def without_hydra(cfg: DictConfig) -> DictConfig:
-    """A config composed with its ``hydra`` node (``return_hydra_config=True``, a sweep's
-    config) as a job sees it: a copy of every other node."""
-    return OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])

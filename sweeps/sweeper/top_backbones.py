@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from hydra.core.config_loader import ConfigLoader
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution
 
 from errors import console
-from sweeps.schema import without_hydra
 from sweeps.sweeper.asking import override_value
 from sweeps.sweeper.search_space import SearchSpace
 from sweeps.sweeper.study import study_exists
@@ -139,7 +138,7 @@ def candidate_config(loader: ConfigLoader, config: DictConfig,
         fixed = [f"{key}={override_value(value)}" for key, value in space.fixed.items()]
         job = loader.load_sweep_config(config, [*space.command_line, *fixed,
                                                 f"{PARAM}={name}", *PROBE])
-        return without_hydra(job)
+        return OmegaConf.masked_copy(job, [str(key) for key in job if key != "hydra"])
 
     return compose
 
