@@ -20,15 +20,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, Trial, TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from sweeps import ledger, liveness
+from sweeps import ledger
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +60,6 @@ def taking_trial(study: optuna.Study) -> Iterator[None]:
     journal file replays its log under its own lock.)"""
     with _file_lock(study):
         yield
-
-
-def owned(trial: Trial) -> Trial:
-    """Mark a trial just asked (inside :func:`taking_trial`) as this process's, with a first
-    heartbeat: a worker starting now must not take it for a dead sweep's trial."""
-    trial.set_user_attr(ledger.ATTR_OWNER, liveness.owner_id())
-    trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
-    return trial
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from errors import PlateauError, console
-from sweeps import ending, ledger
+from sweeps import ending, ledger, liveness
 from sweeps.sweeper import reruns
 from sweeps.sweeper.first_trials import BASE
 from sweeps.sweeper.reruns import Reruns
@@ -123,7 +123,10 @@ class Asker:
         if self.deadline.check(trials, self._n_trials):
             return None
         with ending.taking_trial(study):  # sqlite ignores Optuna's row lock on a queued trial
-            trial = ending.owned(study.ask())
+            trial = study.ask()
+            # owned at once: a worker starting now must not take it for a dead sweep's trial
+            trial.set_user_attr(ledger.ATTR_OWNER, liveness.owner_id())
+            trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
         if ledger.is_rerun(trial):  # queued before this study's budget was raised
             return trial, reruns.overrides_for(study, trial)
         if not ledger.within_budget(study.get_trials(deepcopy=False), trial.number,

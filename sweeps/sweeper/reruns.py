@@ -152,7 +152,10 @@ class Reruns:
             waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             if not any(map(ledger.is_rerun, waiting)):
                 return None
-            return ending.owned(study.ask())
+            trial = study.ask()
+            trial.set_user_attr(ledger.ATTR_OWNER, liveness.owner_id())
+            trial.set_user_attr(ledger.ATTR_HEARTBEAT, time.time())
+        return trial
 
     def waits(self, study: optuna.Study, n_trials: int) -> bool:
         """Whether to look again in a moment (after sleeping :data:`WAIT_S`): the budget is
