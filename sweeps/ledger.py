@@ -217,15 +217,6 @@ def is_rerun(trial: FrozenTrial | Trial) -> bool:
     return trial.user_attrs.get(ATTR_ROLE) == ROLE_RERUN
 
 
-def role_shown(trial: FrozenTrial) -> str:
-    """The trial's role as the console shows it (``base``, ``portfolio:...``, ``rerun of
-    trial 3, seed 43``); empty for a sampled trial."""
-    if is_rerun(trial):
-        return (f"rerun of trial {trial.user_attrs.get(ATTR_RERUN_OF)}, seed "
-                f"{trial.user_attrs.get(ATTR_RERUN_SEED)}")
-    return str(trial.user_attrs.get(ATTR_ROLE) or "")
-
-
 def spends_budget(trial: FrozenTrial) -> bool:
     """Counts toward ``n_trials``: finished (:func:`is_finished`) and not a rerun."""
     return is_finished(trial) and not is_rerun(trial)

@@ -36,9 +36,7 @@ from errors import PlateauError
 from sweeps.metrics import DIRECTIONS, METRICS, MODEL_METRICS
 
 
-def as_list(value: Any) -> list[Any]:
-    """``value`` as a plain list: an OmegaConf list or tuple as its items, anything else as
-    the one item."""
+def _as_list(value: Any) -> list[Any]:
     if isinstance(value, (ListConfig, DictConfig)):
         value = OmegaConf.to_container(value, resolve=True)
     return list(value) if isinstance(value, (list, tuple)) else [value]
@@ -59,8 +57,8 @@ class Objectives:
 
     @classmethod
     def parse(cls, metric: Any, direction: Any) -> Objectives:
-        metrics = [str(m) for m in as_list(metric)]
-        directions = [str(d) for d in as_list(direction)]
+        metrics = [str(m) for m in _as_list(metric)]
+        directions = [str(d) for d in _as_list(direction)]
         shown = f"objective.metric={metric}, objective.direction={direction}"
         if not metrics:
             raise PlateauError(f"{shown}: name at least one metric, e.g. "
@@ -120,6 +118,11 @@ class Objectives:
         if missing:
             raise RuntimeError(f"the trial did not log {', '.join(missing)} at its best epoch")
         return [float(at_best[m]) if m in at_best else float(cost[m]) for m in self.metrics]
+
+
+def first_value(trial: FrozenTrial) -> float | None:
+    """The trial's first objective value (None when it has none)."""
+    return None if trial.values is None else float(trial.values[0])
 
 
 def _on_first(trial: FrozenTrial) -> FrozenTrial:
@@ -263,6 +266,10 @@ def first_objective(study: optuna.Study) -> optuna.Study:
     if len(study.directions) == 1:
         return study
     return FirstObjective(study)  # type: ignore[return-value]  # duck-typed view
+
+
+def is_multi(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
 
 
 def names_of(study: optuna.Study, fallback: Sequence[str]) -> list[str]:

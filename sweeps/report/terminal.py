@@ -37,7 +37,10 @@ def trial_table(trials: list[FrozenTrial], labels: Mapping[int, Diagnosis]) -> T
             note = "interrupted (re-run)"
         elif trial.user_attrs.get(ledger.ATTR_WITHDRAWN):
             note = "withdrawn: the budget went to another worker"
-        role = ledger.role_shown(trial)
+        role = trial.user_attrs.get(ledger.ATTR_ROLE, "")
+        if ledger.is_rerun(trial):
+            role = (f"rerun of trial {trial.user_attrs.get(ledger.ATTR_RERUN_OF)}, seed "
+                    f"{trial.user_attrs.get(ledger.ATTR_RERUN_SEED)}")
         if role:
             note = f"{role}; {note}" if note else role
         table.add_row(str(trial.number), trial.state.name,

@@ -88,7 +88,10 @@ class Progress:
         epochs = len(trial.intermediate_values)
         planned = trial.user_attrs.get(ATTR_MAX_EPOCHS)
         ran = f"{epochs}/{planned} epochs" if planned else f"{epochs} epochs"
-        role = ledger.role_shown(trial)
+        role = trial.user_attrs.get(ledger.ATTR_ROLE)
+        if ledger.is_rerun(trial):
+            role = (f"rerun of trial {trial.user_attrs.get(ledger.ATTR_RERUN_OF)}, seed "
+                    f"{trial.user_attrs.get(ledger.ATTR_RERUN_SEED)}")
         label = f"trial {number}" + (f" ({role})" if role else "")
         with self._lock:
             console.print(f"{label} {trial.state.name}{shown}, {ran} · "

@@ -13,13 +13,13 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.plugins.launcher import Launcher
 from hydra.utils import get_method
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import Trial
 
 from errors import PlateauError, console
 from sweeps import devices
 from sweeps.metrics import DIRECTIONS, METRICS
-from sweeps.objectives import Objectives, as_list
+from sweeps.objectives import Objectives
 from sweeps.report.study_run import class_name
 from sweeps.storage import DEFAULT_STUDY_NAME
 from sweeps.sweeper.search_space import SearchSpace
@@ -98,7 +98,10 @@ class SweepSettings:
         """The plugin's keyword arguments; the user's ``params`` replace the default space
         (its conditionals and portfolio too) entirely."""
         default = default_space if params is None and default_space is not None else None
-        directions = [] if direction is None else [str(d) for d in as_list(direction)]
+        if isinstance(direction, ListConfig):
+            direction = OmegaConf.to_container(direction)
+        directions = ([] if direction is None else [str(d) for d in direction]
+                      if isinstance(direction, list) else [str(direction)])
         return cls(
             directions=directions, study_name=study_name or DEFAULT_STUDY_NAME,
             params=_plain(params if default is None else default.params),
